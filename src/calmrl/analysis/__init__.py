@@ -1,0 +1,1 @@
+"""Analysis tools that reproduce the papers figures."""

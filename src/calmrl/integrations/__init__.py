@@ -1,0 +1,1 @@
+"""Optional plug-ins for external engines, imported lazily."""

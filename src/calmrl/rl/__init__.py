@@ -1,0 +1,1 @@
+"""Reinforcement-learning algorithms: pure tensor functions and the training loop."""
