@@ -135,12 +135,18 @@ def make_schedule(name: str = "constant", **params: float) -> Schedule:
     Parameters given explicitly override the preset's.
     """
     if name in _KINDS:
-        return _KINDS[name](**params)
-    if name in PRESETS:
+        kind, base = _KINDS[name], {}
+    elif name in PRESETS:
         preset = PRESETS[name]
-        if not params:
-            return preset
+        kind = type(preset)
         base = {f.name: getattr(preset, f.name) for f in fields(preset)}  # type: ignore[arg-type]
-        return type(preset)(**{**base, **params})
-    allowed = ", ".join(sorted({*PRESETS, *_KINDS}))
-    raise ValueError(f"schedule.name: unknown schedule {name!r}; choose one of: {allowed}")
+    else:
+        allowed = ", ".join(sorted({*PRESETS, *_KINDS}))
+        raise ValueError(f"schedule.name: unknown schedule {name!r}; choose one of: {allowed}")
+    known = {f.name for f in fields(kind)}  # type: ignore[arg-type]
+    for key in params:
+        if key not in known:
+            raise ValueError(
+                f"schedule.{key}: not a parameter of {name!r}; allowed: {', '.join(sorted(known))}"
+            )
+    return kind(**{**base, **params})

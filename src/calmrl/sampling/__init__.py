@@ -1,0 +1,14 @@
+"""The rollout engine: batched generation with exact behaviour log-probs."""
+
+from calmrl.sampling.engine import TemperatureSampler, TokenSampler, generate
+from calmrl.sampling.processors import ScheduledTemperatureProcessor, sampling_log_probs
+from calmrl.sampling.rollouts import Rollouts
+
+__all__ = [
+    "Rollouts",
+    "ScheduledTemperatureProcessor",
+    "TemperatureSampler",
+    "TokenSampler",
+    "generate",
+    "sampling_log_probs",
+]

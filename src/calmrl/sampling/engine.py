@@ -1,0 +1,325 @@
+"""Batched, KV-cached generation over any HF causal LM, recording exact per-token log-probs.
+
+One decode step, for the rows still running (DESIGN 3.2):
+
+    h                  = logits of the last position (fp32)
+    logprobs           = log_softmax(h)[token]                    (tau = 1: pi_old for free)
+    entropies          = H(softmax(h))
+    behaviour_logprobs = log_softmax(truncate(h / tau_t))[token]  (what the token was drawn from)
+
+The behaviour distribution comes from a ``TokenSampler``; the default applies a temperature
+schedule and top-k/top-p/min-p, LED (``calmrl.sampling.led``) plugs in the same way. Rows that
+finish are dropped from the batch and its KV cache once enough of them have, so short answers
+stop costing compute.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from calmrl.sampling.processors import sampling_log_probs, validate_truncation
+from calmrl.sampling.rollouts import Rollouts
+from calmrl.schedules import Schedule
+
+# Compact the batch once this fraction of the running rows has finished.
+_COMPACT_FRACTION = 0.25
+
+
+class TokenSampler(Protocol):
+    """Turns one step's logits into the distribution the next token is drawn from."""
+
+    needs_hidden_states: bool
+
+    def reset(self, batch_size: int, device: torch.device) -> None: ...
+
+    def behaviour_log_probs(
+        self,
+        logits: torch.Tensor,
+        positions: torch.Tensor,
+        step: int,
+        hidden_states: tuple[torch.Tensor, ...] | None,
+        rows: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``logits`` [R, V] for batch rows ``rows`` -> (log-probs [R, V], temperatures [R])."""
+        ...
+
+    def update(self, tokens: torch.Tensor, rows: torch.Tensor) -> None: ...
+
+
+@dataclass
+class TemperatureSampler:
+    """Sample from ``softmax(truncate(h / tau_t))`` with ``tau_t`` from a schedule."""
+
+    schedule: Schedule
+    top_k: int | None = None
+    top_p: float | None = None
+    min_p: float | None = None
+    needs_hidden_states: bool = False
+
+    def __post_init__(self) -> None:
+        validate_truncation(self.top_k, self.top_p, self.min_p)
+
+    def reset(self, batch_size: int, device: torch.device) -> None:
+        pass
+
+    def behaviour_log_probs(
+        self,
+        logits: torch.Tensor,
+        positions: torch.Tensor,
+        step: int,
+        hidden_states: tuple[torch.Tensor, ...] | None,
+        rows: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        tau = self.schedule.temperatures(positions, step).to(logits.device)
+        log_probs = sampling_log_probs(
+            logits, tau, top_k=self.top_k, top_p=self.top_p, min_p=self.min_p
+        )
+        return log_probs, tau
+
+    def update(self, tokens: torch.Tensor, rows: torch.Tensor) -> None:
+        pass
+
+
+def eos_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    ids = model.generation_config.eos_token_id
+    ids = [ids] if isinstance(ids, int) else list(ids or [])
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    return sorted(set(ids))
+
+
+def _encode(
+    tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str] | Sequence[Sequence[int]]
+) -> list[list[int]]:
+    if len(prompts) == 0:
+        raise ValueError("prompts: at least one prompt is required")
+    if isinstance(prompts[0], str):
+        # Prompts are already formatted (chat template included), so add no special tokens.
+        encoded = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+    else:
+        encoded = [list(p) for p in prompts]
+    for i, ids in enumerate(encoded):
+        if not ids:
+            raise ValueError(f"prompts[{i}]: empty prompt; give at least one token")
+    return encoded
+
+
+def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        if r:
+            ids[i, width - len(r) :] = torch.tensor(r)
+            mask[i, width - len(r) :] = 1
+    return ids, mask
+
+
+def _supports_logits_to_keep(model: PreTrainedModel) -> bool:
+    return "logits_to_keep" in inspect.signature(model.forward).parameters
+
+
+@torch.no_grad()
+def generate(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str] | Sequence[Sequence[int]],
+    schedule: Schedule | TokenSampler,
+    *,
+    n: int = 1,
+    max_new_tokens: int = 256,
+    seed: int | None = None,
+    step: int = 0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    min_p: float | None = None,
+    stop: Sequence[str] | None = None,
+    batch_size: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> Rollouts:
+    """Sample ``n`` responses per prompt; rows of one prompt are adjacent (``group_index``).
+
+    ``schedule`` is a temperature schedule (combined with ``top_k``/``top_p``/``min_p``) or a
+    ready ``TokenSampler`` such as LED. ``step`` is the global training step for step-aware
+    schedules. ``batch_size`` bounds the rows decoded together; ``progress`` is called with the
+    number of rows finished after each batch. The same ``seed`` gives the same tokens.
+    """
+    if n < 1:
+        raise ValueError(f"n: must be >= 1, got {n}")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens: must be >= 1, got {max_new_tokens}")
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"batch_size: must be >= 1, got {batch_size}")
+    if hasattr(schedule, "behaviour_log_probs"):
+        if top_k is not None or top_p is not None or min_p is not None:
+            raise ValueError("top_k/top_p/min_p: set them on the sampler, not on generate()")
+        sampler = schedule
+    else:
+        sampler = TemperatureSampler(schedule, top_k=top_k, top_p=top_p, min_p=min_p)
+
+    encoded = _encode(tokenizer, prompts)
+    rows = [ids for ids in encoded for _ in range(n)]
+    group_index = torch.arange(len(encoded)).repeat_interleave(n)
+    if seed is None:
+        seed = int(torch.randint(0, 2**62, (1,)).item())
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed)
+
+    width = batch_size or len(rows)
+    parts = []
+    for start in range(0, len(rows), width):
+        part = _generate_batch(
+            model,
+            tokenizer,
+            rows[start : start + width],
+            sampler,
+            max_new_tokens=max_new_tokens,
+            step=step,
+            stop=list(stop or []),
+            generator=generator,
+        )
+        part.group_index = group_index[start : start + width]
+        parts.append(part)
+        if progress is not None:
+            progress(len(part))
+    return Rollouts.concat(parts, pad_token_id=tokenizer.pad_token_id)
+
+
+def _generate_batch(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompt_rows: list[list[int]],
+    sampler: TokenSampler,
+    *,
+    max_new_tokens: int,
+    step: int,
+    stop: list[str],
+    generator: torch.Generator,
+) -> Rollouts:
+    device = next(model.parameters()).device
+    pad_id = tokenizer.pad_token_id
+    eos_ids = torch.tensor(eos_token_ids(model, tokenizer), device=device)
+    prompt_ids, prompt_mask = _left_pad(prompt_rows, pad_id)
+    prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
+    batch = len(prompt_rows)
+
+    shape = (batch, max_new_tokens)
+    response_ids = torch.full(shape, pad_id, dtype=torch.long, device=device)
+    response_mask = torch.zeros(shape, dtype=torch.long, device=device)
+    record = {
+        name: torch.zeros(shape, dtype=torch.float32, device=device)
+        for name in ("temperatures", "behaviour_logprobs", "logprobs", "entropies")
+    }
+    finish = ["length"] * batch
+    stop_window = max((len(s) for s in stop), default=0) + 1
+
+    # ``active`` maps the rows of the (compacted) model batch back to output rows.
+    active = torch.arange(batch, device=device)
+    attention_mask = prompt_mask
+    position_ids = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
+    forward_kwargs = {"use_cache": True, "output_hidden_states": sampler.needs_hidden_states}
+    if _supports_logits_to_keep(model):
+        forward_kwargs["logits_to_keep"] = 1
+    outputs = model(
+        input_ids=prompt_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        **forward_kwargs,
+    )
+    sampler.reset(batch, device)
+    running = torch.ones(batch, dtype=torch.bool, device=device)  # over the model batch
+
+    for t in range(max_new_tokens):
+        logits = outputs.logits[:, -1].float()
+        hidden = (
+            tuple(h[:, -1] for h in outputs.hidden_states) if sampler.needs_hidden_states else None
+        )
+        positions = torch.full((len(active),), t, device=device)
+        behaviour, tau = sampler.behaviour_log_probs(logits, positions, step, hidden, active)
+        token = torch.multinomial(behaviour.exp(), 1, generator=generator).squeeze(-1)
+        token = torch.where(running, token, torch.full_like(token, pad_id))
+
+        target = logits.log_softmax(dim=-1)
+        entropy = -(target.exp() * target).nan_to_num().sum(dim=-1)
+        response_ids[active, t] = token
+        response_mask[active, t] = running.long()
+        values = {
+            "temperatures": tau.float(),
+            "behaviour_logprobs": behaviour.gather(-1, token[:, None]).squeeze(-1),
+            "logprobs": target.gather(-1, token[:, None]).squeeze(-1),
+            "entropies": entropy,
+        }
+        for name, value in values.items():
+            record[name][active, t] = torch.where(running, value, 0.0)
+        sampler.update(token, active)
+
+        hit_eos = running & torch.isin(token, eos_ids)
+        for i in hit_eos.nonzero().flatten().tolist():
+            finish[int(active[i])] = "eos"
+        running &= ~hit_eos
+        if stop:
+            for i in running.nonzero().flatten().tolist():
+                row = int(active[i])
+                tail = tokenizer.decode(response_ids[row, max(0, t + 1 - stop_window) : t + 1])
+                if any(s in tail for s in stop):
+                    finish[row] = "stop"
+                    running[i] = False
+        if not running.any() or t == max_new_tokens - 1:
+            break
+
+        cache = outputs.past_key_values
+        if (~running).sum() >= max(1, _COMPACT_FRACTION * len(active)):
+            keep = running.nonzero().flatten()
+            cache.batch_select_indices(keep)
+            active, running = active[keep], running[keep]
+            attention_mask, position_ids, token = (
+                attention_mask[keep],
+                position_ids[keep],
+                token[keep],
+            )
+        attention_mask = torch.cat([attention_mask, attention_mask.new_ones((len(active), 1))], 1)
+        position_ids = position_ids[:, -1:] + 1
+        outputs = model(
+            input_ids=token[:, None],
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=cache,
+            **forward_kwargs,
+        )
+
+    width = int(response_mask.sum(-1).max().item()) if batch else 0
+    width = max(width, 1)
+    response_ids, response_mask = response_ids[:, :width], response_mask[:, :width]
+    texts = _decode(tokenizer, response_ids, response_mask, stop)
+    return Rollouts(
+        prompt_ids=prompt_ids,
+        prompt_mask=prompt_mask,
+        response_ids=response_ids,
+        response_mask=response_mask,
+        group_index=torch.zeros(batch, dtype=torch.long),
+        texts=texts,
+        finish_reasons=finish,
+        **{name: value[:, :width] for name, value in record.items()},
+    )
+
+
+def _decode(
+    tokenizer: PreTrainedTokenizerBase,
+    response_ids: torch.Tensor,
+    response_mask: torch.Tensor,
+    stop: list[str],
+) -> list[str]:
+    texts = []
+    for ids, mask in zip(response_ids.tolist(), response_mask.tolist(), strict=True):
+        text = tokenizer.decode(
+            [i for i, m in zip(ids, mask, strict=True) if m], skip_special_tokens=True
+        )
+        cut = min((text.find(s) for s in stop if s in text), default=-1)
+        texts.append(text[:cut] if cut >= 0 else text)
+    return texts
