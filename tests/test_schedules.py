@@ -1,3 +1,4 @@
+import itertools
 import math
 import random
 
@@ -94,7 +95,7 @@ def test_step_aware_decay_and_cap():
     # A larger step anneals more slowly: temperature at a fixed position is non-decreasing in s.
     t = torch.tensor([30])
     temps = [s.temperatures(t, step).item() for step in range(0, 30)]
-    assert all(a <= b + 1e-7 for a, b in zip(temps, temps[1:], strict=False))
+    assert all(a <= b + 1e-7 for a, b in itertools.pairwise(temps))
     assert ConstantSchedule(0.7).decay(3) == math.inf
 
 
