@@ -371,11 +371,14 @@ def kl_penalty(
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     """Entropy ``H = -sum_v p_v log p_v`` of ``softmax(logits)`` over the last dimension.
 
-    Computed as ``logsumexp(h) - sum_v p_v h_v``, which stays finite for very negative logits.
-    ``[..., V] -> [...]``.
+    Computed as veRL does, ``logsumexp(h) - sum_v p_v h_v``, but on ``h - max(h)``: the two
+    terms then stay small, so large logits lose no precision to cancellation. Logits of
+    ``-inf`` (filtered vocabulary) contribute 0, not NaN. ``[..., V] -> [...]``.
     """
-    probs = torch.softmax(logits, dim=-1)
-    return torch.logsumexp(logits, dim=-1) - (probs * logits).sum(-1)
+    shifted = logits - logits.amax(-1, keepdim=True).detach()
+    probs = torch.softmax(shifted, dim=-1)
+    finite = torch.where(torch.isfinite(shifted), shifted, 0.0)
+    return torch.logsumexp(shifted, dim=-1) - (probs * finite).sum(-1)
 
 
 def entropy_regularization(
