@@ -31,8 +31,12 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(PY) -m pytest -m slow
 
+# `import verl` pulls in Ray, and core_algos its config layer (omegaconf, tensordict): install
+# exactly the modules that import needs, without their dependency trees (vLLM, CUDA, ...).
 parity: $(STAMP)
-	$(PIP) install -q --disable-pip-version-check --no-deps "verl>=0.4"
+	$(PIP) install -q --disable-pip-version-check --no-deps "verl>=0.4" "ray>=2.41" msgpack \
+		protobuf jsonschema jsonschema-specifications referencing rpds-py attrs \
+		"tensordict>=0.8,<=0.10,!=0.9.0" pyvers cloudpickle omegaconf codetiming orjson
 	$(PY) -m pytest -m parity -rA tests/test_parity_verl.py
 
 lint: $(STAMP)
