@@ -105,7 +105,7 @@ def aggregate(
     num_seqs = (tokens_per_seq > 0).sum().to(x.dtype)
     if mode == "seq-mean-token-mean":
         return _safe_div(_safe_div(x.sum(-1), tokens_per_seq).sum(), num_seqs)
-    seq_mean = _safe_div(x.sum(-1).sum(), num_seqs)
+    seq_mean = _safe_div(x.sum(), num_seqs)  # padding is 0 in x, so this sums token sums
     if mode == "seq-mean-token-sum-norm":
         return seq_mean / (loss.shape[-1] if loss_scale_factor is None else loss_scale_factor)
     return seq_mean
@@ -228,7 +228,9 @@ def clip_cov_policy_loss(
         candidate_idx = candidates.nonzero()
         detached = torch.zeros_like(valid)
         if len(candidate_idx) > 0:
-            perm = torch.randperm(len(candidate_idx), generator=generator)
+            # randperm must run on the generator's device (a CUDA generator fails on CPU).
+            device = generator.device if generator is not None else torch.device("cpu")
+            perm = torch.randperm(len(candidate_idx), generator=generator, device=device)
             chosen = candidate_idx[perm[:num_detach].to(candidate_idx.device)]
             detached[chosen[:, 0], chosen[:, 1]] = True
     per_token = torch.where(detached, 0.0, torch.maximum(loss_unclipped, loss_clipped))
