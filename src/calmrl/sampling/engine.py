@@ -31,6 +31,10 @@ from calmrl.schedules import Schedule
 _COMPACT_FRACTION = 0.25
 
 
+class NonFiniteLogitsError(FloatingPointError):
+    """The model produced NaN or +inf logits: nothing can be sampled from them."""
+
+
 class TokenSampler(Protocol):
     """Turns one step's logits into the distribution the next token is drawn from."""
 
@@ -237,6 +241,8 @@ def _generate_batch(
 
     for t in range(max_new_tokens):
         logits = outputs.logits[:, -1].float()
+        if torch.isnan(logits).any() or torch.isposinf(logits).any():
+            raise NonFiniteLogitsError(f"model returned non-finite logits at generated token {t}")
         hidden = (
             tuple(h[:, -1] for h in outputs.hidden_states) if sampler.needs_hidden_states else None
         )

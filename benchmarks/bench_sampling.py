@@ -1,0 +1,106 @@
+"""Rollout engine throughput on SmolLM2-135M-Instruct (CPU): EAD vs constant, engine vs HF.
+
+    python benchmarks/bench_sampling.py [--batch 32] [--max-new-tokens 128] [--repeats 3]
+
+Prints, from one interleaved run:
+- EAD wall time / constant-temperature wall time in the calmrl engine (target <= 1.02);
+- calmrl tokens/s / ``model.generate`` tokens/s at the same settings (target >= 1.0);
+- peak resident memory of each.
+Tokens are generated tokens (EOS included, padding excluded); both stop rows at EOS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+from common import alternate, machine, median, today
+
+from calmrl.data import load_problems
+from calmrl.data.prompts import format_prompt
+from calmrl.models import load_model
+from calmrl.sampling import generate
+from calmrl.schedules import PRESETS, ConstantSchedule
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    model, tokenizer = load_model(args.model)
+    questions = [p.question for p in load_problems("gsm8k", limit=args.batch)]
+    prompts = [format_prompt(tokenizer, q) for q in questions]
+    encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    eos = tokenizer.eos_token_id
+
+    def engine(schedule):
+        def run():
+            r = generate(
+                model, tokenizer, prompts, schedule, max_new_tokens=args.max_new_tokens, seed=0
+            )
+            return int(r.response_mask.sum())
+
+        return run
+
+    @torch.no_grad()
+    def hf_generate():
+        out = model.generate(
+            **encoded,
+            do_sample=True,
+            temperature=1.0,
+            top_k=0,
+            top_p=1.0,
+            max_new_tokens=args.max_new_tokens,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        new = out[:, encoded["input_ids"].shape[1] :]
+        # Count tokens up to and including the first EOS, as the engine does.
+        after_eos = (new == eos).long().cumsum(-1) - (new == eos).long()
+        return int((after_eos == 0).sum())
+
+    runs = {
+        "engine constant": engine(ConstantSchedule(1.0)),
+        "engine EAD": engine(PRESETS["ead-paper"]),
+        "HF generate": hf_generate,
+    }
+    engine(ConstantSchedule(1.0))()  # warm-up: allocator, kernels
+    times, tokens, peaks = alternate(runs, args.repeats)
+
+    print(f"date: {today()}\nmachine: {machine()}")
+    print(
+        f"model {args.model}, batch {args.batch}, max_new_tokens {args.max_new_tokens}, "
+        f"repeats {args.repeats} (interleaved), medians"
+    )
+    print("| run | median wall s | tokens | tokens/s | peak RSS GiB |\n|---|---|---|---|---|")
+    rate = {}
+    for name in runs:
+        wall = median(times[name])
+        rate[name] = tokens[name] / wall
+        print(f"| {name} | {wall:.2f} | {tokens[name]} | {rate[name]:.1f} | {peaks[name]:.2f} |")
+    ead_ratio = median(times["engine EAD"]) / median(times["engine constant"])
+    # EAD samples different lengths; per-token time is the fair comparison of the schedule cost.
+    ead_per_token = (median(times["engine EAD"]) / tokens["engine EAD"]) / (
+        median(times["engine constant"]) / tokens["engine constant"]
+    )
+    print(
+        f"EAD / constant wall time: {ead_ratio:.3f} "
+        f"(per token: {ead_per_token:.3f}; target <= 1.02)"
+    )
+    print(
+        f"engine / HF generate tokens/s: {rate['engine constant'] / rate['HF generate']:.2f} "
+        "(target >= 1.0)"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""Shared helpers for benchmarks: machine description, peak-RSS sampling, median timing."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return (
+        f"{cpu}, {os.cpu_count()} cores, {memory:.0f} GiB, torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads), Python {platform.python_version()}"
+    )
+
+
+def today() -> str:
+    return datetime.date.today().isoformat()
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class PeakRSS:
+    """Samples this process's resident memory every few ms while the block runs."""
+
+    def __enter__(self) -> PeakRSS:
+        self.start = _rss_bytes()
+        self.peak = self.start
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, _rss_bytes())
+            time.sleep(0.005)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss_bytes())
+
+    @property
+    def peak_gib(self) -> float:
+        return self.peak / 2**30
+
+
+def alternate(
+    runs: dict[str, Callable[[], Any]], repeats: int
+) -> tuple[dict[str, list[float]], dict[str, Any], dict[str, float]]:
+    """Run each callable ``repeats`` times, interleaved (ABCABC...) so drift hits all alike.
+
+    Returns wall times per name, the last result per name and peak RSS (GiB) per name.
+    """
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    results: dict[str, Any] = {}
+    peaks: dict[str, float] = dict.fromkeys(runs, 0.0)
+    for _ in range(repeats):
+        for name, fn in runs.items():
+            with PeakRSS() as rss:
+                start = time.perf_counter()
+                results[name] = fn()
+                times[name].append(time.perf_counter() - start)
+            peaks[name] = max(peaks[name], rss.peak_gib)
+    return times, results, peaks
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)

@@ -1,0 +1,241 @@
+"""Typed configuration: the one source of defaults. YAML recipes and ``a.b=value`` overrides.
+
+Unknown keys and invalid values fail before any work, with one line naming the key and the
+allowed values (``ConfigError``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from calmrl.models import DEFAULT_MODEL
+from calmrl.schedules import make_schedule
+
+
+class ConfigError(ValueError):
+    """A config problem, reported as one line naming the key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    name: str = DEFAULT_MODEL
+    """Built-in name, .gguf file, HF directory or hub id (online only)."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """fp32 on CPU (bf16 matmuls are ~100x slower on AVX2); bf16 autocast on GPU."""
+    device: str = "cpu"
+    gradient_checkpointing: bool = False
+    lora_rank: int = Field(0, ge=0)
+    """0 = full fine-tuning; > 0 trains LoRA adapters through peft."""
+    lora_alpha: float = Field(16.0, gt=0)
+
+
+class DataConfig(_Section):
+    train: str = "arith-add-1"
+    """Preset (gsm8k, math-train, ...), built-in task (arith-add-1, ...), file or HF dataset."""
+    eval: str | None = "arith-add-1"
+    train_limit: int | None = Field(None, ge=1)
+    eval_limit: int = Field(16, ge=1)
+    eval_seed: int = 1_000_003
+    """Built-in tasks draw eval problems with this seed, disjoint from training draws."""
+    few_shot: str | None = "arith-add-1"
+    """Task whose worked examples are prepended as chat turns (None for zero-shot)."""
+    system: str | None = None
+    math_suffix: bool = True
+    question_field: str | None = None
+    answer_field: str | None = None
+
+
+class RolloutConfig(_Section):
+    method: str = "ead-paper"
+    """constant | ead | ead-paper | ead-official | reverse-ead | led."""
+    params: dict[str, Any] = Field(default_factory=dict)
+    """Method parameters, e.g. {tau: 1.0} for constant, {tau_min: 0.8} for EAD, {depth: 8} LED."""
+    n: int = Field(8, ge=1)
+    """Rollouts per prompt (the GRPO group size G)."""
+    prompts_per_step: int = Field(8, ge=1)
+    max_new_tokens: int = Field(64, ge=1)
+    top_k: int | None = Field(None, ge=1)
+    top_p: float | None = Field(None, gt=0, le=1)
+    min_p: float | None = Field(None, ge=0, lt=1)
+    batch_size: int | None = Field(None, ge=1)
+    """Rows decoded together (None: all rows of a step at once)."""
+    stop: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _check_method(self) -> RolloutConfig:
+        if self.method != "led":  # LED parameters are checked against the model's layers
+            make_schedule(self.method, **self.params)
+        return self
+
+
+class RewardConfig(_Section):
+    name: str = "math"
+    """Registered verifier name or ``package.module:function``."""
+    params: dict[str, Any] = Field(default_factory=dict)
+    """Verifier options, e.g. {correct: 1.0, incorrect: 0.0, fallback_last_number: false}."""
+
+
+class AlgorithmConfig(_Section):
+    advantage: Literal["grpo", "dr_grpo", "rloo"] = "grpo"
+    norm_eps: float = Field(1e-6, gt=0)
+    entropy_shaping: bool = False
+    """Cheng et al.: A + min(alpha * H.detach(), |A| / kappa)."""
+    shaping_alpha: float = Field(0.4, ge=0)
+    shaping_kappa: float = Field(2.0, gt=0)
+    dynamic_sampling: bool = False
+    """DAPO: drop groups whose rewards are all equal and refill from new prompts."""
+    max_refills: int = Field(2, ge=0)
+    overlong_buffer: int = Field(0, ge=0)
+    """DAPO soft overlong punishment over the last N tokens of max_new_tokens (0 = off)."""
+    overlong_penalty: float = Field(1.0, ge=0)
+    loss: Literal["vanilla", "clip_cov", "kl_cov"] = "vanilla"
+    clip_low: float = Field(0.2, ge=0)
+    clip_high: float = Field(0.28, ge=0)
+    """DAPO clip-higher; set equal to clip_low for symmetric PPO clipping."""
+    clip_ratio_c: float = Field(3.0, gt=1)
+    agg: Literal[
+        "token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"
+    ] = "token-mean"
+    kl_coef: float = Field(0.0, ge=0)
+    """> 0 adds a KL penalty to a frozen copy of the initial policy."""
+    kl_kind: Literal["kl", "k1", "abs", "mse", "k2", "low_var_kl", "k3"] = "low_var_kl"
+    entropy_coef: float = Field(0.0, ge=0)
+    """Entropy regularisation -coef * H, the baseline entropy shaping is compared with."""
+    tis: bool = True
+    """Truncated importance sampling from the engine's behaviour log-probs (EAD appendix B)."""
+    tis_cap: float = Field(2.0, gt=0)
+    tis_level: Literal["token", "sequence"] = "token"
+    tis_mode: Literal["truncate", "mask"] = "truncate"
+    recompute_old_logprobs: bool = False
+    """pi_old comes from the engine for free; True recomputes it with a forward pass (a check)."""
+    epochs: int = Field(1, ge=1)
+    minibatch_size: int | None = Field(None, ge=1)
+    """Rows per optimizer step (None: one step over the whole batch)."""
+    micro_batch_size: int = Field(8, ge=1)
+    """Rows per forward/backward; gradients accumulate over a minibatch."""
+
+
+class OptimConfig(_Section):
+    lr: float = Field(1e-6, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = Field(0, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+
+
+class TrainConfig(_Section):
+    steps: int = Field(20, ge=1)
+    seed: int = 0
+    output_dir: str = "runs/demo"
+    eval_every: int = Field(10, ge=0)
+    """Evaluate every N steps (and before the first and after the last); 0 = never."""
+    eval_n: int = Field(8, ge=1)
+    eval_k: list[int] = Field(default_factory=lambda: [1, 4, 8])
+    eval_method: str = "constant"
+    eval_params: dict[str, Any] = Field(default_factory=lambda: {"tau": 0.6})
+    save_every: int = Field(0, ge=0)
+    """Checkpoint every N steps (0 = only the final model)."""
+    keep_checkpoints: int = Field(2, ge=1)
+    max_bad_steps: int = Field(3, ge=1)
+    """Abort after this many consecutive steps with a non-finite loss or gradient."""
+    tensorboard: bool = True
+    wandb_project: str | None = None
+
+    @model_validator(mode="after")
+    def _check_k(self) -> TrainConfig:
+        bad = [k for k in self.eval_k if k < 1 or k > self.eval_n]
+        if bad:
+            raise ValueError(f"eval_k values {bad} must lie in [1, eval_n={self.eval_n}]")
+        return self
+
+
+class Config(_Section):
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    reward: RewardConfig = Field(default_factory=RewardConfig)
+    algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _format_error(error: ValidationError) -> str:
+    first = error.errors()[0]
+    key = ".".join(str(part) for part in first["loc"]) or "config"
+    if first["type"] == "extra_forbidden":
+        section = _section_at(first["loc"][:-1])
+        allowed = ", ".join(section.model_fields) if section else ""
+        return f"{key}: unknown key; allowed keys here: {allowed}"
+    value = first.get("input")
+    return f"{key}: {first['msg']} (got {value!r})"
+
+
+def _section_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    model: type[BaseModel] = Config
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        annotation = field.annotation if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        model = annotation
+    return model
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """``["rollout.method=ead", "optim.lr=2e-6"]`` -> nested dict (values parsed as YAML)."""
+    tree: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"{item!r}: overrides look like section.key=value")
+        node = tree
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{key}: conflicts with an earlier override")
+        node[leaf] = yaml.safe_load(raw)
+    return tree
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults <- YAML file <- overrides, validated once."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"--config: file {str(path)!r} does not exist")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark else ""
+            raise ConfigError(f"--config: {path}{where} is not valid YAML") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"--config: {path} must hold a mapping of sections")
+        data = loaded or {}
+    data = _merge(data, parse_overrides(overrides or []))
+    try:
+        return Config.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(_format_error(error)) from None

@@ -1,0 +1,83 @@
+"""``calmrl demo``: EAD against constant temperature on built-in arithmetic, side by side."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from calmrl.analysis.entropy import mean_by_position_band
+from calmrl.data import few_shot_examples, load_problems
+from calmrl.data.prompts import format_prompt
+from calmrl.models import load_model
+from calmrl.sampling import Rollouts, generate
+from calmrl.schedules import PRESETS, ConstantSchedule, Schedule
+
+DEMO_TASK = "arith-add-1"
+
+
+def run_sampling_demo(
+    *, model: str, n: int = 4, max_new_tokens: int = 96, seed: int = 0, num_prompts: int = 4
+) -> dict[str, Rollouts]:
+    console = Console()
+    console.print(f"[bold]calmrl demo[/]: loading {model} (first run converts the GGUF, ~30 s)")
+    lm, tokenizer = load_model(model)
+    problems = load_problems(DEMO_TASK, limit=num_prompts, seed=seed)
+    shots = few_shot_examples(DEMO_TASK)
+    prompts = [format_prompt(tokenizer, p.question, few_shot=shots) for p in problems]
+    schedules: dict[str, Schedule] = {
+        "constant tau=1.0": ConstantSchedule(1.0),
+        "EAD (ead-paper)": PRESETS["ead-paper"],
+    }
+    results = {}
+    for name, schedule in schedules.items():
+        with console.status(f"sampling {len(prompts)} prompts x {n} with {name}"):
+            results[name] = generate(
+                lm, tokenizer, prompts, schedule, n=n, max_new_tokens=max_new_tokens, seed=seed
+            )
+    _print_texts(console, problems, results)
+    _print_summary(console, results)
+    return results
+
+
+def _print_texts(console: Console, problems, results: dict[str, Rollouts]) -> None:
+    table = Table(title="First sample per prompt", show_lines=True)
+    table.add_column("question", max_width=28)
+    for name in results:
+        table.add_column(name, max_width=48)
+    for i, problem in enumerate(problems):
+        cells = []
+        for rollouts in results.values():
+            row = int((rollouts.group_index == i).nonzero()[0])
+            text = rollouts.texts[row].strip().replace("\n", " ")
+            cells.append(f"{text[:160]}\n[dim]{int(rollouts.response_lengths[row])} tokens[/]")
+        table.add_row(f"{problem.question}\n[dim]gold {problem.answer}[/]", *cells)
+    console.print(table)
+
+
+def _print_summary(console: Console, results: dict[str, Rollouts]) -> None:
+    table = Table(title="Mean length, temperature and tau=1 entropy by position band")
+    table.add_column("position band")
+    for name in results:
+        table.add_column(f"{name}\nentropy", justify="right")
+        table.add_column("temp", justify="right")
+    by_method = {
+        name: (
+            mean_by_position_band(r.entropies, r.response_mask),
+            mean_by_position_band(r.temperatures, r.response_mask),
+        )
+        for name, r in results.items()
+    }
+    bands = list(next(iter(by_method.values()))[0])
+    for band in bands:
+        cells = []
+        for entropy, temperature in by_method.values():
+            cells += [
+                f"{entropy.get(band, float('nan')):.3f}",
+                f"{temperature.get(band, float('nan')):.2f}",
+            ]
+        table.add_row(band, *cells)
+    lengths = []
+    for r in results.values():
+        lengths += [f"{float(r.response_lengths.float().mean()):.1f}", ""]
+    table.add_row("mean length", *lengths)
+    console.print(table)

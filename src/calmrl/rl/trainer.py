@@ -1,0 +1,634 @@
+"""The RLVR loop, top to bottom: rollout -> reward -> advantage -> update -> schedule step.
+
+One step ``s``:
+1. sample ``prompts_per_step`` problems and ``G = rollout.n`` rollouts each from the engine,
+   with the configured method (EAD's decay grows with ``s``); the engine records behaviour
+   log-probs and pi_old log-probs (tau = 1) for free;
+2. score them with the verifier; DAPO dynamic sampling drops all-equal groups and refills;
+3. group-relative advantages (GRPO / Dr. GRPO / RLOO), broadcast to tokens;
+4. policy updates over epochs and minibatches: PPO clipped loss (clip-higher, dual-clip),
+   TIS weights from behaviour log-probs, optional entropy shaping, KL to a frozen reference,
+   entropy regularisation, Clip-Cov / KL-Cov; AdamW with warm-up and gradient clipping;
+5. log, evaluate every ``eval_every`` steps, checkpoint every ``save_every`` steps.
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from calmrl.analysis.entropy import mean_by_position_band
+from calmrl.config import Config
+from calmrl.data import Problem, few_shot_examples, load_problems
+from calmrl.data.prompts import MATH_SUFFIX, format_prompt
+from calmrl.eval.runner import EvalResult, evaluate
+from calmrl.io import atomic_open, write_json
+from calmrl.models import load_model
+from calmrl.rewards import get_reward
+from calmrl.rl import advantages as adv
+from calmrl.rl import losses
+from calmrl.rl.checkpoint import (
+    list_checkpoints,
+    load_trainer_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from calmrl.rl.run_logger import RunLogger
+from calmrl.sampling import Rollouts, generate
+from calmrl.sampling.engine import NonFiniteLogitsError
+from calmrl.sampling.methods import make_sampler
+
+
+class TrainingAborted(RuntimeError):
+    """Too many consecutive steps with a non-finite loss, gradient or logits."""
+
+
+@dataclass
+class PromptStream:
+    """Deterministic, resumable order over the training problems: a fresh permutation each epoch."""
+
+    problems: list[Problem]
+    seed: int
+    cursor: int = 0
+
+    def take(self, count: int) -> list[Problem]:
+        out = []
+        for _ in range(count):
+            epoch, index = divmod(self.cursor, len(self.problems))
+            order = torch.randperm(
+                len(self.problems), generator=torch.Generator().manual_seed(self.seed + epoch)
+            )
+            out.append(self.problems[int(order[index])])
+            self.cursor += 1
+        return out
+
+
+@dataclass
+class Batch:
+    """One step's training data, on the model's device."""
+
+    rollouts: Rollouts
+    rewards: torch.Tensor  # [N]
+    advantages: torch.Tensor  # [N, T]
+    old_logprobs: torch.Tensor  # [N, T]
+    tis_weights: torch.Tensor | None  # [N, T]
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------
+# Model pieces
+
+
+def response_logprobs(
+    model: PreTrainedModel, rollouts: Rollouts
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probs (tau = 1) of the response tokens and the policy entropy there: [N, T] each."""
+    ids = torch.cat([rollouts.prompt_ids, rollouts.response_ids], dim=1)
+    mask = torch.cat([rollouts.prompt_mask, rollouts.response_mask], dim=1)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    steps = rollouts.response_ids.shape[1]
+    # Only the logits that predict response tokens: the last T+1 positions, minus the final one.
+    logits = (
+        model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=steps + 1)
+        .logits[:, :-1]
+        .float()
+    )
+    logprobs = logits.log_softmax(-1).gather(-1, rollouts.response_ids.unsqueeze(-1)).squeeze(-1)
+    return logprobs, losses.entropy_from_logits(logits)
+
+
+# ---------------------------------------------------------------------------------------------
+# The trainer
+
+
+class Trainer:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        model: PreTrainedModel | None = None,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        resume: bool = False,
+        console: Any = None,
+    ):
+        self.config = config
+        self.run_dir = Path(config.train.output_dir)
+        self.console = console
+        cfg = config
+        torch.manual_seed(cfg.train.seed)
+        if model is None:
+            dtype = getattr(torch, cfg.model.dtype)
+            model, tokenizer = load_model(cfg.model.name, dtype=dtype, device=cfg.model.device)
+        self.model, self.tokenizer = model, tokenizer
+        self.device = next(model.parameters()).device
+        if cfg.model.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        if cfg.model.lora_rank > 0:
+            self.model = _with_lora(model, cfg.model.lora_rank, cfg.model.lora_alpha)
+        self.reference = None
+        if cfg.algorithm.kl_coef > 0:
+            self.reference = copy.deepcopy(self.model).eval().requires_grad_(False)
+
+        data = cfg.data
+        self.train_problems = load_problems(
+            data.train,
+            limit=data.train_limit,
+            seed=cfg.train.seed,
+            question_field=data.question_field,
+            answer_field=data.answer_field,
+        )
+        self.eval_problems = (
+            load_problems(
+                data.eval,
+                limit=data.eval_limit,
+                seed=data.eval_seed,
+                question_field=data.question_field,
+                answer_field=data.answer_field,
+            )
+            if data.eval and cfg.train.eval_every >= 0
+            else []
+        )
+        self.shots = few_shot_examples(data.few_shot) if data.few_shot else ()
+        self.reward_fn = get_reward(cfg.reward.name, **cfg.reward.params)
+        self.sampler = make_sampler(
+            cfg.rollout.method,
+            cfg.rollout.params,
+            model=self.model,
+            top_k=cfg.rollout.top_k,
+            top_p=cfg.rollout.top_p,
+            min_p=cfg.rollout.min_p,
+        )
+        self.eval_sampler = make_sampler(cfg.train.eval_method, cfg.train.eval_params, model=model)
+
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(
+            params, lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay
+        )
+        warmup = cfg.optim.warmup_steps
+        self.lr_schedule = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0
+        )
+        self.stream = PromptStream(self.train_problems, seed=cfg.train.seed)
+        self.step = 0
+        self.bad_steps = 0
+        if resume:
+            self._restore()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_open(self.run_dir / "config.yaml") as handle:
+            handle.write(cfg.to_yaml())
+        self.logger = RunLogger(
+            self.run_dir,
+            resume_step=self.step if resume else None,
+            tensorboard=cfg.train.tensorboard,
+            wandb_project=cfg.train.wandb_project,
+            config=cfg.model_dump(mode="json"),
+        )
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    def train(self) -> dict[str, Any]:
+        cfg = self.config.train
+        history: dict[str, Any] = {}
+        if cfg.eval_every and self.step == 0:
+            history["before"] = self.run_eval()
+        while self.step < cfg.steps:
+            started = time.perf_counter()
+            metrics = self.train_step()
+            self.step += 1
+            metrics["time/step"] = time.perf_counter() - started
+            if cfg.eval_every and (self.step % cfg.eval_every == 0 or self.step == cfg.steps):
+                metrics.update(self.run_eval().flat_metrics(prefix="eval/"))
+            self.logger.log(self.step, metrics)
+            self._report(metrics)
+            if cfg.save_every and self.step % cfg.save_every == 0:
+                self.save()
+        if cfg.eval_every:
+            history["after"] = self.last_eval
+        self.save_final()
+        self.logger.close()
+        return history
+
+    def train_step(self) -> dict[str, float]:
+        """One RL step; a step whose logits, loss or gradients are not finite is skipped."""
+        timings: dict[str, float] = {}
+        batch = None
+        try:
+            batch = self.collect(timings)
+            started = time.perf_counter()
+            metrics = self.update(batch) if batch is not None else {"skipped_no_signal": 1.0}
+            timings["time/update"] = time.perf_counter() - started
+        except NonFiniteLogitsError:
+            metrics = {"nonfinite": 1.0}
+        if metrics.get("nonfinite"):
+            self.bad_steps += 1
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.bad_steps >= self.config.train.max_bad_steps:
+                raise TrainingAborted(
+                    f"train.max_bad_steps: {self.bad_steps} consecutive steps had a non-finite "
+                    "loss, gradient or logits; lower optim.lr or check the data"
+                )
+        else:
+            self.bad_steps = 0
+        if batch is not None:
+            metrics.update(batch.metrics)
+        return {**metrics, **timings, "lr": self.lr_schedule.get_last_lr()[0]}
+
+    # -- 1-3: rollouts, rewards, advantages -----------------------------------------------------
+
+    def prompts_for(self, problems: list[Problem]) -> list[str]:
+        suffix = MATH_SUFFIX if self.config.data.math_suffix else None
+        return [
+            format_prompt(
+                self.tokenizer,
+                p.question,
+                system=self.config.data.system,
+                suffix=suffix,
+                few_shot=self.shots,
+            )
+            for p in problems
+        ]
+
+    def collect(self, timings: dict[str, float]) -> Batch | None:
+        cfg, algo = self.config.rollout, self.config.algorithm
+        kept: list[Rollouts] = []
+        kept_rewards: list[torch.Tensor] = []
+        stats: dict[str, float] = {"time/rollout": 0.0, "time/reward": 0.0}
+        all_rewards, all_rollouts = [], []
+        for attempt in range(1 + (algo.max_refills if algo.dynamic_sampling else 0)):
+            missing = cfg.prompts_per_step - sum(len(r) // cfg.n for r in kept)
+            if missing <= 0:
+                break
+            problems = self.stream.take(missing)
+            started = time.perf_counter()
+            self.model.eval()
+            rollouts = generate(
+                self.model,
+                self.tokenizer,
+                self.prompts_for(problems),
+                self.sampler,
+                n=cfg.n,
+                max_new_tokens=cfg.max_new_tokens,
+                step=self.step,
+                seed=self._seed(attempt),
+                stop=cfg.stop,
+                batch_size=cfg.batch_size,
+            )
+            stats["time/rollout"] += time.perf_counter() - started
+            started = time.perf_counter()
+            golds = [problems[g].answer for g in rollouts.group_index.tolist()]
+            scores = self.reward_fn(rollouts.texts, golds)
+            rewards = torch.tensor(scores, dtype=torch.float32)
+            if algo.overlong_buffer:
+                rewards += adv.overlong_penalty(
+                    rollouts.response_lengths.cpu(),
+                    max_response_length=cfg.max_new_tokens,
+                    buffer_length=algo.overlong_buffer,
+                    penalty_factor=algo.overlong_penalty,
+                )
+            stats["time/reward"] += time.perf_counter() - started
+            all_rewards.append(rewards)
+            all_rollouts.append(rollouts)
+            keep_groups = (
+                adv.dapo_group_filter(rewards, rollouts.group_index.cpu())
+                if algo.dynamic_sampling
+                else torch.ones(len(problems), dtype=torch.bool)
+            )
+            rows = keep_groups[rollouts.group_index.cpu()].nonzero().flatten()
+            if len(rows):
+                kept.append(
+                    _regroup(rollouts.select(rows), offset=sum(len(r) // cfg.n for r in kept))
+                )
+                kept_rewards.append(rewards[rows])
+        timings.update(stats)
+        sampled = Rollouts.concat(all_rollouts, self.tokenizer.pad_token_id)
+        sampled_rewards = torch.cat(all_rewards)
+        metrics = self._rollout_metrics(sampled, sampled_rewards)
+        if not kept:
+            return Batch(sampled, sampled_rewards, torch.empty(0), torch.empty(0), None, metrics)
+        rollouts = Rollouts.concat(kept, self.tokenizer.pad_token_id).to(self.device)
+        rewards = torch.cat(kept_rewards).to(self.device)
+        metrics["rows_trained"] = float(len(rollouts))
+        return self._with_advantages(rollouts, rewards, metrics)
+
+    def _with_advantages(self, rollouts: Rollouts, rewards: torch.Tensor, metrics) -> Batch:
+        algo = self.config.algorithm
+        groups = rollouts.group_index
+        if algo.advantage == "rloo":
+            sequence_adv = adv.rloo_advantages(rewards, groups)
+        else:
+            sequence_adv = adv.grpo_advantages(
+                rewards, groups, norm_by_std=algo.advantage == "grpo", eps=algo.norm_eps
+            )
+        mask = rollouts.response_mask
+        token_adv = adv.broadcast_to_tokens(sequence_adv, mask)
+        old_logprobs = rollouts.logprobs
+        if algo.recompute_old_logprobs:
+            with torch.no_grad():
+                old_logprobs = self._forward_in_chunks(rollouts)
+            metrics["old_logprob_abs_diff_max"] = float(
+                ((old_logprobs - rollouts.logprobs).abs() * mask).max()
+            )
+        weights = None
+        if algo.tis:
+            weights, diagnostics = losses.tis_weights(
+                old_logprobs,
+                rollouts.behaviour_logprobs,
+                mask,
+                cap=algo.tis_cap,
+                level=algo.tis_level,
+                mode=algo.tis_mode,
+            )
+            metrics.update(
+                {f"tis/{k.removeprefix('tis_')}": float(v) for k, v in diagnostics.items()}
+            )
+        return Batch(rollouts, rewards, token_adv, old_logprobs, weights, metrics)
+
+    # -- 4: policy update -----------------------------------------------------------------------
+
+    def update(self, batch: Batch) -> dict[str, float]:
+        algo = self.config.algorithm
+        if batch.advantages.numel() == 0:
+            return {"skipped_no_signal": 1.0}
+        self.model.train()
+        rows = len(batch.rollouts)
+        minibatch = algo.minibatch_size or rows
+        sums: dict[str, float] = {}
+        updates = 0
+        generator = torch.Generator().manual_seed(self._seed(0))
+        for _ in range(algo.epochs):
+            order = (
+                torch.randperm(rows, generator=generator) if algo.epochs > 1 else torch.arange(rows)
+            )
+            for start in range(0, rows, minibatch):
+                index = order[start : start + minibatch]
+                step_metrics = self._optimizer_step(batch, index)
+                if step_metrics.get("nonfinite"):
+                    return step_metrics
+                for key, value in step_metrics.items():
+                    sums[key] = sums.get(key, 0.0) + value
+                updates += 1
+        self.lr_schedule.step()
+        return {key: value / updates for key, value in sums.items()}
+
+    def _optimizer_step(self, batch: Batch, index: torch.Tensor) -> dict[str, float]:
+        algo = self.config.algorithm
+        mask_all = batch.rollouts.response_mask[index]
+        total_tokens = float(mask_all.sum().clamp(min=1))
+        sums: dict[str, float] = {}
+        self.optimizer.zero_grad(set_to_none=True)
+        for start in range(0, len(index), algo.micro_batch_size):
+            micro = index[start : start + algo.micro_batch_size]
+            loss, metrics = self._micro_loss(batch, micro)
+            # Micro-batches add up to the minibatch's aggregate: by tokens for token-mean,
+            # by rows for the sequence-mean modes.
+            mask = batch.rollouts.response_mask[micro]
+            share = (
+                float(mask.sum()) / total_tokens
+                if algo.agg == "token-mean"
+                else len(micro) / len(index)
+            )
+            if not torch.isfinite(loss):
+                return {"nonfinite": 1.0}
+            (loss * share).backward()
+            for key, value in metrics.items():
+                sums[key] = sums.get(key, 0.0) + float(value) * share
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, self.config.optim.grad_clip)
+        if not torch.isfinite(grad_norm):
+            return {"nonfinite": 1.0}
+        self.optimizer.step()
+        return {**sums, "grad_norm": float(grad_norm)}
+
+    def _micro_loss(self, batch: Batch, micro: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        algo = self.config.algorithm
+        rollouts = batch.rollouts.select(micro)
+        mask = rollouts.response_mask
+        logprobs, entropy = response_logprobs(self.model, rollouts)
+        advantages = batch.advantages[micro]
+        if algo.entropy_shaping:
+            advantages = adv.entropy_shaped_advantages(
+                advantages,
+                entropy.detach(),
+                mask,
+                alpha=algo.shaping_alpha,
+                kappa=algo.shaping_kappa,
+            )
+        weights = batch.tis_weights[micro] if batch.tis_weights is not None else None
+        old = batch.old_logprobs[micro]
+        common = {"agg": algo.agg, "tis_weights": weights}
+        if algo.loss == "clip_cov":
+            loss, metrics = losses.clip_cov_policy_loss(
+                logprobs,
+                old,
+                advantages,
+                mask,
+                clip_low=algo.clip_low,
+                clip_high=algo.clip_high,
+                generator=torch.Generator(device=self.device).manual_seed(self._seed(1)),
+                **common,
+            )
+        elif algo.loss == "kl_cov":
+            loss, metrics = losses.kl_cov_policy_loss(logprobs, old, advantages, mask, **common)
+        else:
+            loss, metrics = losses.policy_loss(
+                logprobs,
+                old,
+                advantages,
+                mask,
+                clip_low=algo.clip_low,
+                clip_high=algo.clip_high,
+                clip_ratio_c=algo.clip_ratio_c,
+                **common,
+            )
+        metrics = {f"actor/{k}": v for k, v in metrics.items()}
+        metrics["actor/pg_loss"] = loss.detach()
+        metrics["actor/entropy"] = losses.masked_mean(entropy.detach(), mask)
+        if self.reference is not None:
+            with torch.no_grad():
+                ref_logprobs, _ = response_logprobs(self.reference, rollouts)
+            kl = losses.aggregate(
+                losses.kl_penalty(logprobs, ref_logprobs, algo.kl_kind), mask, algo.agg
+            )
+            loss = loss + algo.kl_coef * kl
+            metrics["actor/kl_ref"] = kl.detach()
+        if algo.entropy_coef > 0:
+            loss = loss + losses.entropy_regularization(
+                entropy, mask, coef=algo.entropy_coef, agg=algo.agg
+            )
+        return loss, metrics
+
+    def _forward_in_chunks(self, rollouts: Rollouts) -> torch.Tensor:
+        size = self.config.algorithm.micro_batch_size
+        chunks = [
+            response_logprobs(
+                self.model, rollouts.select(torch.arange(i, min(i + size, len(rollouts))))
+            )[0]
+            for i in range(0, len(rollouts), size)
+        ]
+        return torch.cat(chunks)
+
+    # -- metrics, evaluation --------------------------------------------------------------------
+
+    def _rollout_metrics(self, rollouts: Rollouts, rewards: torch.Tensor) -> dict[str, Any]:
+        mask = rollouts.response_mask
+        on = mask.bool()
+        correct = (
+            torch.tensor(self.reward_fn.correct_flags(rewards.tolist()), dtype=torch.float32)
+            if hasattr(self.reward_fn, "correct_flags")
+            else (rewards > 0).float()
+        )
+        metrics: dict[str, Any] = {
+            "reward/mean": float(rewards.mean()),
+            "reward/accuracy": float(correct.mean()),
+            "response/length_mean": float(rollouts.response_lengths.float().mean()),
+            "response/clip_ratio": float(
+                sum(r == "length" for r in rollouts.finish_reasons) / max(1, len(rollouts))
+            ),
+            "rollout/entropy_mean": float(rollouts.entropies[on].mean()) if on.any() else 0.0,
+            "rollout/temperature_mean": float(rollouts.temperatures[on].mean())
+            if on.any()
+            else 0.0,
+            "rollout/temperature_min": float(rollouts.temperatures[on].min()) if on.any() else 0.0,
+            "rollout/tokens": float(mask.sum()),
+        }
+        for band, value in mean_by_position_band(rollouts.entropies, mask).items():
+            metrics[f"entropy_by_position/{band}"] = value
+        return metrics
+
+    def run_eval(self) -> EvalResult:
+        cfg = self.config
+        self.model.eval()
+        result = evaluate(
+            self.model,
+            self.tokenizer,
+            self.eval_problems,
+            self.eval_sampler,
+            prompts=self.prompts_for(self.eval_problems),
+            reward_fn=self.reward_fn,
+            n=cfg.train.eval_n,
+            ks=cfg.train.eval_k,
+            max_new_tokens=cfg.rollout.max_new_tokens,
+            seed=cfg.data.eval_seed,
+            batch_size=cfg.rollout.batch_size,
+        )
+        self.last_eval = result
+        write_json(self.run_dir / "evals" / f"step-{self.step:06d}.json", result.to_dict())
+        return result
+
+    def _report(self, metrics: dict[str, Any]) -> None:
+        if self.console is None:
+            return
+        parts = [f"step {self.step}/{self.config.train.steps}"]
+        for key in (
+            "reward/mean",
+            "reward/accuracy",
+            "response/length_mean",
+            "tis/mean",
+            "actor/entropy",
+            "time/step",
+        ):
+            if key in metrics:
+                parts.append(f"{key.split('/')[-1]} {metrics[key]:.3f}")
+        for key, value in metrics.items():
+            if key.startswith("eval/pass@") or key.startswith("eval/worst@"):
+                parts.append(f"{key[5:]} {value:.3f}")
+        self.console.print("  ".join(parts))
+
+    # -- checkpoints ----------------------------------------------------------------------------
+
+    def _seed(self, salt: int) -> int:
+        return (self.config.train.seed * 1_000_003 + self.step * 7_919 + salt) % 2**62
+
+    def trainer_state(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "cursor": self.stream.cursor,
+            "bad_steps": self.bad_steps,
+            "optimizer": self.optimizer.state_dict(),
+            "lr_schedule": self.lr_schedule.state_dict(),
+        }
+
+    def save(self) -> Path:
+        return save_checkpoint(
+            self.run_dir,
+            self.step,
+            self.model,
+            self.tokenizer,
+            self.trainer_state(),
+            keep=self.config.train.keep_checkpoints,
+        )
+
+    def save_final(self) -> None:
+        model = (
+            self.model.merge_and_unload() if hasattr(self.model, "merge_and_unload") else self.model
+        )
+        staging = self.run_dir / ".tmp-final"
+        shutil.rmtree(staging, ignore_errors=True)
+        model.save_pretrained(staging, safe_serialization=True)
+        self.tokenizer.save_pretrained(staging)
+        final = self.run_dir / "final"
+        shutil.rmtree(final, ignore_errors=True)
+        staging.rename(final)
+
+    def _restore(self) -> None:
+        checkpoints = list_checkpoints(self.run_dir)
+        if not checkpoints:
+            raise FileNotFoundError(
+                f"--resume: no complete checkpoint under {self.run_dir}/checkpoints"
+            )
+        latest = checkpoints[-1]
+        from safetensors.torch import load_file
+
+        weights: dict[str, torch.Tensor] = {}
+        for shard in sorted((latest / "model").glob("*.safetensors")):
+            weights.update(load_file(shard, device=str(self.device)))
+        missing, unexpected = self.model.load_state_dict(weights, strict=False)
+        real_missing = [k for k in missing if k not in _tied_keys(self.model)]
+        if real_missing or unexpected:
+            raise ValueError(
+                f"--resume: checkpoint {latest} does not match the model ({real_missing[:3]})"
+            )
+        state = load_trainer_state(latest)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.lr_schedule.load_state_dict(state["lr_schedule"])
+        self.step, self.stream.cursor, self.bad_steps = (
+            state["step"],
+            state["cursor"],
+            state["bad_steps"],
+        )
+        set_rng_state(state["rng"])
+
+
+def _tied_keys(model: PreTrainedModel) -> set[str]:
+    tied = getattr(model, "_tied_weights_keys", None) or []
+    return set(tied if isinstance(tied, list) else tied.keys())
+
+
+def _regroup(rollouts: Rollouts, offset: int) -> Rollouts:
+    """Renumber group indices 0..k-1 (plus offset) after some groups were dropped."""
+    _, dense = torch.unique(rollouts.group_index, sorted=True, return_inverse=True)
+    rollouts.group_index = dense + offset
+    return rollouts
+
+
+def _with_lora(model: PreTrainedModel, rank: int, alpha: float) -> PreTrainedModel:
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        raise ValueError("model.lora_rank: LoRA needs peft; pip install 'calmrl[trl]'") from None
+    config = LoraConfig(
+        r=rank, lora_alpha=alpha, target_modules="all-linear", task_type="CAUSAL_LM"
+    )
+    return get_peft_model(model, config)
+
+
+def run_training(config: Config, *, resume: bool = False, console: Any = None) -> dict[str, Any]:
+    """Build a trainer from a config and train; returns the before/after evaluations."""
+    return Trainer(config, resume=resume, console=console).train()

@@ -1,0 +1,84 @@
+"""Config: one source of defaults, YAML + overrides, one-line errors naming the key."""
+
+import pytest
+import yaml
+
+from calmrl.config import Config, ConfigError, load_config, parse_overrides
+
+
+def test_defaults_round_trip_through_yaml(tmp_path):
+    cfg = Config()
+    path = tmp_path / "c.yaml"
+    path.write_text(cfg.to_yaml())
+    assert load_config(path) == cfg
+
+
+def test_yaml_then_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"rollout": {"method": "constant", "params": {"tau": 0.6}}}))
+    cfg = load_config(path, ["optim.lr=2e-6", "rollout.params.tau=1.0", "train.eval_k=[1,2]"])
+    assert cfg.rollout.method == "constant" and cfg.rollout.params == {"tau": 1.0}
+    assert cfg.optim.lr == 2e-6 and cfg.train.eval_k == [1, 2]
+    assert cfg.algorithm.tis is True  # untouched default
+
+
+def test_parse_overrides_nests_and_parses_values():
+    assert parse_overrides(["a.b=1", "a.c=x", "d=true"]) == {"a": {"b": 1, "c": "x"}, "d": True}
+
+
+BAD = [
+    (["rollout.methd=ead"], "rollout.methd: unknown key"),
+    (["rollout.method=annealing"], "schedule.name"),
+    (["rollout.params.tau_maxx=1"], "schedule.tau_maxx"),
+    (["rollout.params.tau_min=0"], "schedule.tau_min"),
+    (["rollout.n=0"], "rollout.n"),
+    (["rollout.top_p=1.5"], "rollout.top_p"),
+    (["rollout.max_new_tokens=-3"], "rollout.max_new_tokens"),
+    (["optim.lr=0"], "optim.lr"),
+    (["optim.lr=fast"], "optim.lr"),
+    (["optim.grad_clip=-1"], "optim.grad_clip"),
+    (["algorithm.advantage=ppo2"], "algorithm.advantage"),
+    (["algorithm.agg=mean"], "algorithm.agg"),
+    (["algorithm.kl_kind=k9"], "algorithm.kl_kind"),
+    (["algorithm.clip_ratio_c=1"], "algorithm.clip_ratio_c"),
+    (["algorithm.tis_level=batch"], "algorithm.tis_level"),
+    (["algorithm.tis_mode=drop"], "algorithm.tis_mode"),
+    (["algorithm.tis_cap=0"], "algorithm.tis_cap"),
+    (["algorithm.loss=reinforce"], "algorithm.loss"),
+    (["model.dtype=int8"], "model.dtype"),
+    (["train.steps=0"], "train.steps"),
+    (["train.eval_k=[1,16]", "train.eval_n=8"], "train"),
+    (["trainer.steps=3"], "trainer: unknown key"),
+    (["steps"], "overrides look like"),
+    (["train..steps=3"], "overrides look like"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "message"), BAD, ids=[b[0][0] for b in BAD])
+def test_bad_overrides_give_one_line_error(overrides, message):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, overrides)
+    text = str(info.value)
+    assert message in text and "\n" not in text
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("rollout: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(broken)
+    scalar = tmp_path / "scalar.yaml"
+    scalar.write_text("42\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(scalar)
+
+
+def test_shipped_recipes_validate():
+    from pathlib import Path
+
+    recipes = sorted(Path(__file__).parents[1].joinpath("configs").glob("*.yaml"))
+    assert recipes, "configs/ must ship recipes"
+    for recipe in recipes:
+        load_config(recipe)

@@ -1,0 +1,241 @@
+"""The RL loop on a tiny model: direction of the update, exact resume, atomic checkpoints,
+non-finite steps, flat memory."""
+
+import json
+import os
+
+import pytest
+import torch
+
+from calmrl.config import load_config
+from calmrl.models import tiny_model
+from calmrl.rewards import available_rewards, register_reward
+from calmrl.rl import checkpoint as checkpoint_module
+from calmrl.rl.trainer import Trainer, TrainingAborted, response_logprobs
+from calmrl.sampling import generate
+from calmrl.schedules import ConstantSchedule
+
+
+class StartsWith:
+    """Reward 1 for responses starting with ``prefix``: a signal the tiny model can learn."""
+
+    def __init__(self, prefix: str = "a"):
+        self.prefix = prefix
+
+    def __call__(self, responses, golds):
+        return [1.0 if r.startswith(self.prefix) else 0.0 for r in responses]
+
+
+if "starts-with" not in available_rewards():
+    register_reward("starts-with", StartsWith)
+
+
+def make_config(tmp_path, *extra):
+    return load_config(
+        None,
+        [
+            f"train.output_dir={tmp_path / 'run'}",
+            "data.train=arith-add-1",
+            "data.few_shot=null",
+            "data.math_suffix=false",
+            "data.train_limit=16",
+            "rollout.method=constant",
+            "rollout.params={tau: 1.0}",
+            "rollout.n=8",
+            "rollout.prompts_per_step=2",
+            "rollout.max_new_tokens=6",
+            "reward.name=starts-with",
+            "optim.lr=1e-3",
+            "train.steps=2",
+            "train.eval_every=0",
+            "train.tensorboard=false",
+            "algorithm.micro_batch_size=4",
+            *extra,
+        ],
+    )
+
+
+def first_char_of_most_likely_start(model, tokenizer, prompt):
+    ids = tokenizer([prompt], add_special_tokens=False, return_tensors="pt")
+    with torch.no_grad():
+        logits = model(**ids).logits[0, -1]
+    probs = logits.softmax(-1)
+    for token in probs.argsort(descending=True).tolist():
+        text = tokenizer.decode([token])
+        if text.strip() and text.isprintable():
+            return text[0], probs
+    raise AssertionError("no printable token")
+
+
+def test_one_step_raises_probability_of_rewarded_start(tmp_path):
+    model, tokenizer = tiny_model(seed=3)
+    cfg = make_config(tmp_path, "train.steps=1", "rollout.prompts_per_step=4")
+    trainer = Trainer(cfg, model=model, tokenizer=tokenizer)
+    prompts = trainer.prompts_for(trainer.train_problems[:4])
+    # Reward responses that start with a character the policy emits often but not always.
+    prefix, _ = first_char_of_most_likely_start(model, tokenizer, prompts[0])
+    trainer.reward_fn = StartsWith(prefix)
+
+    def rewarded_mass():
+        probe = generate(
+            model, tokenizer, prompts, ConstantSchedule(1.0), n=1, max_new_tokens=1, seed=0
+        )
+        with torch.no_grad():
+            ids = tokenizer(prompts, add_special_tokens=False, return_tensors="pt", padding=True)
+            probs = model(**ids).logits[:, -1].softmax(-1)
+        good = [i for i in range(len(tokenizer)) if tokenizer.decode([i]).startswith(prefix)]
+        assert probe.response_ids.shape[0] == 4
+        return probs[:, good].sum(-1).mean().item()
+
+    before = rewarded_mass()
+    metrics = trainer.train_step()
+    after = rewarded_mass()
+    assert 0.0 < metrics["reward/mean"] < 1.0, "the constructed case must carry a signal"
+    assert after > before + 1e-3
+
+
+def test_exact_resume_is_bitwise(tmp_path):
+    def weights(path):
+        from safetensors.torch import load_file
+
+        return load_file(str(path / "model.safetensors"))
+
+    full_dir, split_dir = tmp_path / "full", tmp_path / "split"
+    common = ["rollout.method=ead", "rollout.params={tau_min: 0.3, d0: 3.0}", "train.save_every=2"]
+    full = make_config(full_dir, *common, "train.steps=4")
+    model, tokenizer = tiny_model(seed=4)
+    Trainer(full, model=model, tokenizer=tokenizer).train()
+
+    first = make_config(split_dir, *common, "train.steps=2")
+    model, tokenizer = tiny_model(seed=4)
+    Trainer(first, model=model, tokenizer=tokenizer).train()
+    resumed = make_config(split_dir, *common, "train.steps=4")
+    model, tokenizer = tiny_model(seed=99)  # different init: everything must come from the ckpt
+    Trainer(resumed, model=model, tokenizer=tokenizer, resume=True).train()
+
+    a, b = weights(full_dir / "run" / "final"), weights(split_dir / "run" / "final")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    steps = [json.loads(line)["step"] for line in (split_dir / "run" / "metrics.jsonl").open()]
+    assert steps == [1, 2, 3, 4]
+
+
+def test_crash_while_writing_checkpoint_keeps_previous(tmp_path, monkeypatch):
+    cfg = make_config(tmp_path, "train.save_every=1", "train.steps=1")
+    model, tokenizer = tiny_model(seed=5)
+    trainer = Trainer(cfg, model=model, tokenizer=tokenizer)
+    trainer.train()
+    root = tmp_path / "run" / "checkpoints"
+    good = checkpoint_module.list_checkpoints(tmp_path / "run")
+    assert [p.name for p in good] == ["step-000001"]
+    before = {p.name: p.stat().st_size for p in good[0].rglob("*") if p.is_file()}
+
+    def exploding_save(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", exploding_save)
+    trainer.step = 2
+    with pytest.raises(OSError, match="disk full"):
+        trainer.save()
+    assert sorted(os.listdir(root)) == ["step-000001"]  # no half-written step-2, no temp dir
+    after = {p.name: p.stat().st_size for p in good[0].rglob("*") if p.is_file()}
+    assert before == after
+
+
+def test_nonfinite_logits_skip_then_abort(tmp_path):
+    cfg = make_config(tmp_path, "train.steps=5", "train.max_bad_steps=2")
+    model, tokenizer = tiny_model(seed=6)
+    model.lm_head.register_forward_hook(lambda module, inputs, out: out * float("nan"))
+    trainer = Trainer(cfg, model=model, tokenizer=tokenizer)
+    first = trainer.train_step()
+    assert first["nonfinite"] == 1.0 and trainer.bad_steps == 1
+    with pytest.raises(TrainingAborted, match="train.max_bad_steps"):
+        trainer.train_step()
+
+
+def test_nonfinite_loss_skips_update_and_keeps_weights(tmp_path):
+    cfg = make_config(tmp_path, "train.steps=1", "rollout.prompts_per_step=4")
+    model, tokenizer = tiny_model(seed=3)
+    trainer = Trainer(cfg, model=model, tokenizer=tokenizer)
+    prefix, _ = first_char_of_most_likely_start(
+        model, tokenizer, trainer.prompts_for(trainer.train_problems[:1])[0]
+    )
+    trainer.reward_fn = StartsWith(prefix)
+    # NaN only in training mode: rollouts (eval mode) are fine, the update's loss is not.
+    model.lm_head.register_forward_hook(
+        lambda module, inputs, out: out * float("nan") if module.training else out
+    )
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    metrics = trainer.train_step()
+    assert metrics.get("nonfinite") == 1.0
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
+def test_recomputed_old_logprobs_equal_engine(tmp_path):
+    cfg = make_config(
+        tmp_path,
+        "algorithm.recompute_old_logprobs=true",
+        "rollout.method=ead",
+        "rollout.params={tau_min: 0.2, d0: 2.0, warmup_tokens: 1}",
+    )
+    model, tokenizer = tiny_model(seed=7)
+    trainer = Trainer(cfg, model=model, tokenizer=tokenizer)
+    metrics = trainer.train_step()
+    assert metrics["old_logprob_abs_diff_max"] < 1e-4
+    assert metrics["tis/mean"] > 0 and metrics["tis/max"] <= 2.0 + 1e-6
+
+
+def test_response_logprobs_matches_engine():
+    model, tokenizer = tiny_model(seed=8)
+    rollouts = generate(
+        model,
+        tokenizer,
+        ["ab", "longer prompt"],
+        ConstantSchedule(1.0),
+        n=2,
+        max_new_tokens=7,
+        seed=0,
+    )
+    with torch.no_grad():
+        logprobs, entropy = response_logprobs(model, rollouts)
+    on = rollouts.response_mask.bool()
+    torch.testing.assert_close(logprobs[on], rollouts.logprobs[on], atol=1e-4, rtol=0)
+    torch.testing.assert_close(entropy[on], rollouts.entropies[on], atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["algorithm.entropy_shaping=true"],
+        ["algorithm.loss=clip_cov"],
+        ["algorithm.loss=kl_cov"],
+        ["algorithm.kl_coef=0.1", "algorithm.entropy_coef=0.01"],
+        [
+            "algorithm.advantage=rloo",
+            "algorithm.agg=seq-mean-token-mean",
+            "algorithm.epochs=2",
+            "algorithm.minibatch_size=8",
+        ],
+        [
+            "algorithm.dynamic_sampling=true",
+            "algorithm.max_refills=1",
+            "algorithm.tis_level=sequence",
+            "algorithm.tis_mode=mask",
+        ],
+        ["algorithm.overlong_buffer=3", "algorithm.advantage=dr_grpo"],
+    ],
+    ids=["entropy-shaping", "clip-cov", "kl-cov", "kl-entropy", "rloo-epochs", "dapo", "overlong"],
+)
+def test_algorithm_variants_run_and_log(tmp_path, extra):
+    cfg = make_config(tmp_path, "train.steps=1", *extra)
+    model, tokenizer = tiny_model(seed=3)
+    trainer = Trainer(cfg, model=model, tokenizer=tokenizer)
+    prefix, _ = first_char_of_most_likely_start(
+        model, tokenizer, trainer.prompts_for(trainer.train_problems[:1])[0]
+    )
+    trainer.reward_fn = StartsWith(prefix)
+    metrics = trainer.train_step()
+    assert "reward/mean" in metrics and "time/rollout" in metrics
+    assert all(v == v for v in metrics.values() if isinstance(v, float)), metrics  # no NaN
