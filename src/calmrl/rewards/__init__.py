@@ -1,1 +1,33 @@
-"""Verifiable rewards."""
+"""Verifiable rewards: math answer extraction, Math-Verify with a time bound, a registry."""
+
+from calmrl.rewards.extract import extract_boxed, extract_last_number, normalize_gold
+from calmrl.rewards.registry import (
+    PerItemReward,
+    RewardFunction,
+    available_rewards,
+    get_reward,
+    register_reward,
+)
+from calmrl.rewards.verifier import (
+    MathVerifier,
+    answers_equivalent,
+    default_verifier,
+    is_safe_answer,
+    math_reward,
+)
+
+__all__ = [
+    "MathVerifier",
+    "PerItemReward",
+    "RewardFunction",
+    "answers_equivalent",
+    "available_rewards",
+    "default_verifier",
+    "extract_boxed",
+    "extract_last_number",
+    "get_reward",
+    "is_safe_answer",
+    "math_reward",
+    "normalize_gold",
+    "register_reward",
+]
