@@ -137,6 +137,15 @@ def test_deadline_kills_stuck_worker():
         assert time.monotonic() - start < 30.0
 
 
+def test_dead_idle_worker_is_replaced():
+    with MathVerifier(num_workers=1) as v:
+        assert v([boxed("0.5")], ["1/2"]) == [1.0]
+        for worker in v._pool._idle:  # e.g. killed by the OOM killer between batches
+            worker.proc.kill()
+            worker.proc.wait()
+        assert v([boxed("0.5"), boxed("2")], ["1/2", "3"]) == [1.0, 0.0]
+
+
 @pytest.mark.parametrize(
     "answer",
     ["9^9^9", "2^{3^{4}}", "10 ** 10 ** 10", "2^{1000000}", "123456!", "x" * 2000, "(" * 30],

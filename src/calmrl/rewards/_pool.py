@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import contextlib
 import json
 import os
 import subprocess
@@ -48,7 +49,7 @@ class _Worker:
         return self.proc.stdout.fileno()
 
     def send(self, request: tuple[str, str, str]) -> None:
-        # Requests are capped well below the pipe buffer (64 KiB), so this never blocks.
+        # Never blocks for long: a worker without a request in flight is waiting on this pipe.
         self.proc.stdin.write(json.dumps(request).encode() + b"\n")
         self.proc.stdin.flush()
 
@@ -63,8 +64,9 @@ class _Worker:
     def kill(self) -> None:
         self.proc.kill()
         self.proc.wait()
-        self.proc.stdin.close()
-        self.proc.stdout.close()
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            with contextlib.suppress(OSError):  # e.g. an unflushed request to a dead worker
+                pipe.close()
 
 
 class WorkerPool:
