@@ -93,11 +93,10 @@ class WorkerPool:
         """Answer all `requests`, in parallel over the workers this call can get."""
         if not requests:
             return []
-        workers = self._acquire(min(len(requests), self.num_workers))
+        free = self._acquire(min(len(requests), self.num_workers))
         results = [False] * len(requests)
         todo = collections.deque(range(len(requests)))
         busy: dict[_Worker, tuple[int, float]] = {}  # worker -> (request index, deadline)
-        free = list(workers)
         try:
             while todo or busy:
                 while free and todo:
