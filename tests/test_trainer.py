@@ -239,3 +239,27 @@ def test_algorithm_variants_run_and_log(tmp_path, extra):
     metrics = trainer.train_step()
     assert "reward/mean" in metrics and "time/rollout" in metrics
     assert all(v == v for v in metrics.values() if isinstance(v, float)), metrics  # no NaN
+
+
+@pytest.mark.parametrize(
+    ("arch", "max_new_tokens"), [("llama", 9), ("qwen2", 9), ("gemma3", 9), ("llama", 1)]
+)
+def test_shared_prompt_forward_equals_plain_forward_values_and_grads(arch, max_new_tokens):
+    model, tokenizer = tiny_model(arch, seed=9)
+    rollouts = generate(model, tokenizer, ["ab", "a longer prompt", "xyz"], ConstantSchedule(1.0),
+                        n=3, max_new_tokens=max_new_tokens, seed=1)  # fmt: skip
+    rollouts = rollouts.select([0, 1, 2, 4, 5, 6, 8])  # uneven groups, as after a shuffle
+    results = []
+    for share in (False, True):
+        model.zero_grad()
+        logprobs, entropy = response_logprobs(model, rollouts, share_prompts=share)
+        mask = rollouts.response_mask
+        ((logprobs + 0.1 * entropy) * mask).sum().backward()
+        grads = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+        results.append((logprobs.detach() * mask, entropy.detach() * mask, grads))
+    (lp_a, h_a, g_a), (lp_b, h_b, g_b) = results
+    torch.testing.assert_close(lp_a, lp_b, atol=1e-5, rtol=0)
+    torch.testing.assert_close(h_a, h_b, atol=1e-5, rtol=0)
+    assert g_a.keys() == g_b.keys()
+    for key in g_a:
+        torch.testing.assert_close(g_a[key], g_b[key], atol=1e-5, rtol=1e-4, msg=key)

@@ -87,21 +87,69 @@ class Batch:
 
 
 def response_logprobs(
-    model: PreTrainedModel, rollouts: Rollouts
+    model: PreTrainedModel, rollouts: Rollouts, *, share_prompts: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-probs (tau = 1) of the response tokens and the policy entropy there: [N, T] each."""
-    ids = torch.cat([rollouts.prompt_ids, rollouts.response_ids], dim=1)
-    mask = torch.cat([rollouts.prompt_mask, rollouts.response_mask], dim=1)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    """Log-probs (tau = 1) of the response tokens and the policy entropy there: [N, T] each.
+
+    With ``share_prompts`` the rows of one group run their common prompt through the model
+    once: the prompt's KV cache is indexed out to the rows (a differentiable gather, so the
+    gradient of every row flows back into the shared prompt activations) and only the
+    response tokens are run per row. With G rollouts per prompt that cuts the prompt's share
+    of the update's compute by G; the numbers equal the plain forward over prompt + response.
+    """
     steps = rollouts.response_ids.shape[1]
-    # Only the logits that predict response tokens: the last T+1 positions, minus the final one.
-    logits = (
-        model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=steps + 1)
-        .logits[:, :-1]
-        .float()
-    )
+    prompt_mask = rollouts.prompt_mask
+    full_mask = torch.cat([prompt_mask, rollouts.response_mask], dim=1)
+    positions = (full_mask.cumsum(-1) - 1).clamp(min=0)
+    groups, row_to_group = torch.unique(rollouts.group_index, return_inverse=True)
+    if not share_prompts or len(groups) == len(rollouts) or _checkpointing(model):
+        ids = torch.cat([rollouts.prompt_ids, rollouts.response_ids], dim=1)
+        # Only the logits that predict response tokens: the last T+1 positions but the final.
+        logits = model(
+            input_ids=ids,
+            attention_mask=full_mask,
+            position_ids=positions,
+            logits_to_keep=steps + 1,
+        ).logits[:, :-1]
+    else:
+        first_row = torch.zeros(len(groups), dtype=torch.long, device=row_to_group.device)
+        first_row.scatter_reduce_(
+            0,
+            row_to_group,
+            torch.arange(len(rollouts), device=row_to_group.device),
+            "amin",
+            include_self=False,
+        )
+        width = prompt_mask.shape[1]
+        prefix = model(
+            input_ids=rollouts.prompt_ids[first_row],
+            attention_mask=prompt_mask[first_row],
+            position_ids=positions[first_row, :width],
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        logits = prefix.logits[row_to_group]
+        if steps > 1:
+            cache = prefix.past_key_values
+            cache.batch_select_indices(row_to_group.to(rollouts.prompt_ids.device))
+            rest = model(
+                input_ids=rollouts.response_ids[:, :-1],
+                attention_mask=full_mask[:, :-1],
+                position_ids=positions[:, width:-1],
+                past_key_values=cache,
+                use_cache=True,
+            ).logits
+            logits = torch.cat([logits, rest], dim=1)
+    logits = logits.float()
     logprobs = logits.log_softmax(-1).gather(-1, rollouts.response_ids.unsqueeze(-1)).squeeze(-1)
     return logprobs, losses.entropy_from_logits(logits)
+
+
+def _checkpointing(model: PreTrainedModel) -> bool:
+    """Activation checkpointing disables the KV cache, so prompt sharing cannot be used."""
+    flag = getattr(type(model), "is_activation_checkpointing", None)
+    name = "is_activation_checkpointing" if flag is not None else "is_gradient_checkpointing"
+    return bool(getattr(model, name, False))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -151,8 +151,10 @@ def generate(
 
     ``schedule`` is a temperature schedule (combined with ``top_k``/``top_p``/``min_p``) or a
     ready ``TokenSampler`` such as LED. ``step`` is the global training step for step-aware
-    schedules. ``batch_size`` bounds the rows decoded together; ``progress`` is called with the
-    number of rows finished after each batch. The same ``seed`` gives the same tokens.
+    schedules. ``batch_size`` bounds the rows decoded together, rounded to whole groups of
+    ``n`` (each prompt is prefilled once and its KV cache shared by its ``n`` rows);
+    ``progress`` is called with the number of rows finished after each batch. The same
+    ``seed`` gives the same tokens.
     """
     if n < 1:
         raise ValueError(f"n: must be >= 1, got {n}")
@@ -168,27 +170,27 @@ def generate(
         sampler = TemperatureSampler(schedule, top_k=top_k, top_p=top_p, min_p=min_p)
 
     encoded = _encode(tokenizer, prompts)
-    rows = [ids for ids in encoded for _ in range(n)]
-    group_index = torch.arange(len(encoded)).repeat_interleave(n)
     if seed is None:
         seed = int(torch.randint(0, 2**62, (1,)).item())
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
 
-    width = batch_size or len(rows)
+    # Whole groups per batch, so each prompt is prefilled once and its cache shared by n rows.
+    prompts_per_batch = max(1, (batch_size or n * len(encoded)) // n)
     parts = []
-    for start in range(0, len(rows), width):
+    for start in range(0, len(encoded), prompts_per_batch):
         part = _generate_batch(
             model,
             tokenizer,
-            rows[start : start + width],
+            encoded[start : start + prompts_per_batch],
             sampler,
+            n=n,
             max_new_tokens=max_new_tokens,
             step=step,
             stop=list(stop or []),
             generator=generator,
         )
-        part.group_index = group_index[start : start + width]
+        part.group_index = part.group_index + start
         parts.append(part)
         if progress is not None:
             progress(len(part))
@@ -201,6 +203,7 @@ def _generate_batch(
     prompt_rows: list[list[int]],
     sampler: TokenSampler,
     *,
+    n: int,
     max_new_tokens: int,
     step: int,
     stop: list[str],
@@ -211,7 +214,7 @@ def _generate_batch(
     eos_ids = torch.tensor(eos_token_ids(model, tokenizer), device=device)
     prompt_ids, prompt_mask = _left_pad(prompt_rows, pad_id)
     prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
-    batch = len(prompt_rows)
+    batch = len(prompt_rows) * n
 
     shape = (batch, max_new_tokens)
     response_ids = torch.full(shape, pad_id, dtype=torch.long, device=device)
@@ -225,17 +228,29 @@ def _generate_batch(
 
     # ``active`` maps the rows of the (compacted) model batch back to output rows.
     active = torch.arange(batch, device=device)
-    attention_mask = prompt_mask
     position_ids = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
     forward_kwargs = {"use_cache": True, "output_hidden_states": sampler.needs_hidden_states}
     if _supports_logits_to_keep(model):
         forward_kwargs["logits_to_keep"] = 1
     outputs = model(
         input_ids=prompt_ids,
-        attention_mask=attention_mask,
+        attention_mask=prompt_mask,
         position_ids=position_ids,
         **forward_kwargs,
     )
+    if n > 1:  # expand each prompt's state to its n rows
+        outputs.past_key_values.batch_repeat_interleave(n)
+        outputs.logits = outputs.logits.repeat_interleave(n, dim=0)
+        if sampler.needs_hidden_states:
+            outputs.hidden_states = tuple(
+                h.repeat_interleave(n, dim=0) for h in outputs.hidden_states
+            )
+        prompt_ids, prompt_mask = (
+            prompt_ids.repeat_interleave(n, 0),
+            prompt_mask.repeat_interleave(n, 0),
+        )
+        position_ids = position_ids.repeat_interleave(n, dim=0)
+    attention_mask = prompt_mask
     sampler.reset(batch, device)
     running = torch.ones(batch, dtype=torch.bool, device=device)  # over the model batch
 
@@ -308,7 +323,7 @@ def _generate_batch(
         prompt_mask=prompt_mask,
         response_ids=response_ids,
         response_mask=response_mask,
-        group_index=torch.zeros(batch, dtype=torch.long),
+        group_index=torch.arange(len(prompt_rows)).repeat_interleave(n),
         texts=texts,
         finish_reasons=finish,
         **{name: value[:, :width] for name, value in record.items()},
