@@ -3,12 +3,15 @@
 Per problem we keep ``n`` (samples) and ``c`` (correct), and for maj@k the sizes of the
 answer classes (answers grouped by the verifier's equivalence, not by string) and which class
 is correct. Every metric is averaged over problems with a bootstrap confidence interval.
+
+With ``keep_responses`` the sampled texts are stored too, so that `rescore` can grade the same
+samples with another verifier (e.g. strict ``\\boxed{}`` and last-number fallback) for free.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -28,6 +31,7 @@ class ProblemResult:
     correct_class: int  # index into class_sizes of the class equal to the gold, -1 if none
     mean_length: float
     sample: str  # first response, for eyeballing
+    responses: list[str] = field(default_factory=list)  # all n, only with keep_responses
 
 
 @dataclass
@@ -73,6 +77,34 @@ def compute_metrics(
     return out
 
 
+def score_problem(
+    problem: Problem,
+    texts: Sequence[str],
+    reward_fn: Any,
+    *,
+    mean_length: float = 0.0,
+    keep_responses: bool = False,
+) -> ProblemResult:
+    """Grade the ``n`` responses of one problem and group their answers for maj@k."""
+    flags = reward_fn.verify(list(texts), [problem.answer] * len(texts))
+    labels = reward_fn.group([reward_fn.extract(t) for t in texts])
+    voted = [lab for lab in labels if lab >= 0]
+    sizes = np.bincount(voted).tolist() if voted else []
+    # The verifier's equivalence need not be transitive, so correct samples could in principle
+    # land in several classes; the class holding most of them stands for the gold.
+    hits = np.bincount([lab for lab, ok in zip(labels, flags, strict=True) if ok and lab >= 0])
+    return ProblemResult(
+        id=problem.id,
+        n=len(texts),
+        correct=int(sum(flags)),
+        class_sizes=sizes,
+        correct_class=int(hits.argmax()) if hits.size else -1,
+        mean_length=mean_length,
+        sample=texts[0],
+        responses=list(texts) if keep_responses else [],
+    )
+
+
 def evaluate(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -87,6 +119,7 @@ def evaluate(
     seed: int = 0,
     batch_size: int | None = None,
     method: str = "",
+    keep_responses: bool = False,
     progress: Callable[[int, float], None] | None = None,
 ) -> EvalResult:
     """Sample ``n`` responses per problem with ``sampler`` and score them.
@@ -97,14 +130,13 @@ def evaluate(
     """
     if not problems:
         raise ValueError("eval: no problems to evaluate")
-    bad = [k for k in ks if not 1 <= k <= n]
-    if bad:
-        raise ValueError(f"k: values {bad} must lie in [1, n={n}]")
+    if len(prompts) != len(problems):
+        raise ValueError(f"prompts: got {len(prompts)} for {len(problems)} problems")
+    check_ks(ks, n)
+    # Whole problems per generate call, so that accuracy can be reported as we go.
     chunk = max(1, (batch_size or 64) // n)
     results: list[ProblemResult] = []
-    correct_total = 0
     for start in range(0, len(problems), chunk):
-        part = list(problems[start : start + chunk])
         rollouts = generate(
             model,
             tokenizer,
@@ -113,37 +145,53 @@ def evaluate(
             n=n,
             max_new_tokens=max_new_tokens,
             seed=seed + start,
+            batch_size=batch_size,
         )
         groups = rollouts.group_index.tolist()
-        golds = [part[g].answer for g in groups]
-        flags = reward_fn.verify(rollouts.texts, golds)
         lengths = rollouts.response_lengths.tolist()
-        for i, problem in enumerate(part):
+        for i, problem in enumerate(problems[start : start + chunk]):
             rows = [r for r, g in enumerate(groups) if g == i]
-            texts = [rollouts.texts[r] for r in rows]
-            answers = [reward_fn.extract(t) for t in texts]
-            labels = reward_fn.group(answers)
-            sizes = (
-                np.bincount([lab for lab in labels if lab >= 0]).tolist()
-                if any(lab >= 0 for lab in labels)
-                else []
-            )
-            correct_labels = {labels[j] for j, r in enumerate(rows) if flags[r] and labels[j] >= 0}
-            correct = sum(flags[r] for r in rows)
             results.append(
-                ProblemResult(
-                    id=problem.id,
-                    n=n,
-                    correct=int(correct),
-                    class_sizes=sizes,
-                    correct_class=min(correct_labels) if correct_labels else -1,
+                score_problem(
+                    problem,
+                    [rollouts.texts[r] for r in rows],
+                    reward_fn,
                     mean_length=float(np.mean([lengths[r] for r in rows])),
-                    sample=texts[0],
+                    keep_responses=keep_responses,
                 )
             )
-            correct_total += correct
         if progress is not None:
-            progress(len(results), correct_total / (len(results) * n))
+            progress(len(results), sum(p.correct for p in results) / (len(results) * n))
     result = EvalResult(method=method, n=n, ks=list(ks), problems=results)
     result.metrics = compute_metrics(results, ks, seed=seed)
     return result
+
+
+def rescore(
+    result: EvalResult, problems: Sequence[Problem], reward_fn: Any, *, seed: int = 0
+) -> EvalResult:
+    """Grade the stored responses of ``result`` again with another verifier (no sampling)."""
+    by_id = {p.id: p for p in problems}
+    missing = [p.id for p in result.problems if not p.responses or p.id not in by_id]
+    if missing:
+        raise ValueError(
+            f"rescore: problem {missing[0]!r} has no stored responses or no gold; "
+            "evaluate with keep_responses=True and pass the same problems"
+        )
+    rescored = [
+        score_problem(
+            by_id[p.id], p.responses, reward_fn, mean_length=p.mean_length, keep_responses=True
+        )
+        for p in result.problems
+    ]
+    return replace(
+        result, problems=rescored, metrics=compute_metrics(rescored, result.ks, seed=seed)
+    )
+
+
+def check_ks(ks: Sequence[int], n: int) -> None:
+    if not ks:
+        raise ValueError("k: give at least one k")
+    bad = [k for k in ks if not 1 <= k <= n]
+    if bad:
+        raise ValueError(f"k: values {bad} must lie in [1, n={n}]")
