@@ -53,8 +53,13 @@ def plot_training_runs(run_dirs: Sequence[Path], output: Path) -> list[Path]:
     return [path]
 
 
-def plot_eval_results(files: Sequence[Path], output: Path) -> list[Path]:
-    """pass@k, worst@k and maj@k against k, one line (with its 95% CI band) per result file."""
+def plot_eval_results(
+    files: Sequence[Path], output: Path, *, title: str | None = None, prefix: str = ""
+) -> list[Path]:
+    """pass@k, worst@k and maj@k against k, one line (with its 95% CI band) per result file.
+
+    Writes ``<prefix>pass_at_k.png``, ``<prefix>worst_at_k.png`` and ``<prefix>maj_at_k.png``.
+    """
     output.mkdir(parents=True, exist_ok=True)
     results = []
     for file in files:
@@ -74,8 +79,10 @@ def plot_eval_results(files: Sequence[Path], output: Path) -> list[Path]:
         axis.set_ylabel(f"{metric}@k" if metric != "maj" else "Maj@N")
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
+        if title:
+            axis.set_title(title, fontsize=9)
         figure.tight_layout()
-        path = output / f"{metric}_at_k.png"
+        path = output / f"{prefix}{metric}_at_k.png"
         figure.savefig(path, dpi=110)
         plt.close(figure)
         paths.append(path)
