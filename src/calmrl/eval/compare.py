@@ -74,7 +74,8 @@ def parse_method_spec(spec: str) -> MethodSpec:
 def parse_method_specs(specs: Sequence[str]) -> list[MethodSpec]:
     """Parse and check specs: known methods and parameters, distinct labels and file names.
 
-    LED's parameters are checked when its sampler is built, since that needs the model.
+    LED's parameter names are checked here, their values when the sampler is built (that
+    needs the model).
     """
     if not specs:
         raise ValueError("method: give at least one method, e.g. --method constant:tau=0.6")
