@@ -229,7 +229,7 @@ class LEDSampler:
         tau: float,
     ) -> torch.Tensor:
         """``C_j*`` over the candidates (one-hot at its argmax if greedy); states [L, d-1, H]."""
-        layer_logits = self.lens(states, norm=self.ln) / tau  # one projection: [L, d-1, V]
+        layer_logits = self.lens(states, norm=self.ln).div_(tau)  # one projection: [L, d-1, V]
         # softmax at the candidates only: p = exp(logit - logsumexp), no [L, d-1, V] softmax
         index = candidates[:, None, :].expand(-1, layer_logits.shape[1], -1)
         q = (layer_logits.gather(-1, index) - layer_logits.logsumexp(-1, keepdim=True)).exp()
