@@ -10,6 +10,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib.ticker import NullLocator
 
 from calmrl.rl.run_logger import read_metrics
 
@@ -75,6 +76,9 @@ def plot_eval_results(
             axis.plot(ks, [v["mean"] for v in values], marker="o", label=label)
             axis.fill_between(ks, [v["lo"] for v in values], [v["hi"] for v in values], alpha=0.15)
         axis.set_xscale("log", base=2)
+        ticks = sorted({k for _, data in results for k in data["ks"]})
+        axis.set_xticks(ticks, [str(k) for k in ticks])
+        axis.xaxis.set_minor_locator(NullLocator())
         axis.set_xlabel("k" if metric != "maj" else "N")
         axis.set_ylabel(f"{metric}@k" if metric != "maj" else "Maj@N")
         axis.grid(alpha=0.3)
