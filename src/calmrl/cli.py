@@ -330,17 +330,58 @@ def plot(
         typer.echo(str(path))
 
 
+analyze_app = typer.Typer(help="Analyses that reproduce the papers' figures.", no_args_is_help=True)
+app.add_typer(analyze_app, name="analyze")
+
+
+@analyze_app.command("layer-entropy")
+def layer_entropy(
+    model: Annotated[str, typer.Option(help="Built-in name, .gguf, HF dir or hub id.")] = (
+        DEFAULT_MODEL
+    ),
+    dataset: Annotated[str, typer.Option(help="Preset, file or built-in task.")] = "gsm8k",
+    limit: Annotated[int, typer.Option(help="Number of problems.")] = 8,
+    n: Annotated[int, typer.Option("-n", help="Samples per problem.")] = 2,
+    max_new_tokens: int = 128,
+    temperature: float = 0.6,
+    seed: int = 0,
+    output: Annotated[Path, typer.Option("-o", help="Output directory.")] = Path(
+        "analysis/layer-entropy"
+    ),
+) -> None:
+    """Mean entropy of every layer's posterior (logit lens) over generated tokens: CSV + PNG."""
+    from calmrl.analysis.layer_entropy import layer_entropy_report
+    from calmrl.data import load_problems
+    from calmrl.data.prompts import format_prompt
+    from calmrl.models import load_model
+
+    problems = load_problems(dataset, limit=limit, seed=seed)
+    lm, tokenizer = load_model(model)
+    prompts = [format_prompt(tokenizer, p.question) for p in problems]
+    summary = layer_entropy_report(
+        lm, tokenizer, prompts, n=n, max_new_tokens=max_new_tokens, seed=seed,
+        out_dir=output, temperature=temperature,
+    )  # fmt: skip
+    for key, value in summary.items():
+        typer.echo(f"{key}: {value}")
+
+
 @app.command()
 def demo(
-    model: str = DEFAULT_MODEL,
-    n: Annotated[int, typer.Option("-n", help="Samples per prompt.")] = 4,
-    max_new_tokens: int = 96,
-    seed: int = 0,
+    overrides: Annotated[
+        list[str] | None, typer.Argument(help="section.key=value overrides of the demo config.")
+    ] = None,
+    sampling_only: Annotated[
+        bool, typer.Option(help="Only compare EAD and constant-temperature samples.")
+    ] = False,
 ) -> None:
-    """Sample built-in arithmetic prompts with EAD and constant temperature; print a comparison."""
-    from calmrl.demo import run_sampling_demo
+    """The main job on the built-in default: a short GRPO + EAD + TIS run on the CPU."""
+    from calmrl.demo import run_sampling_demo, run_training_demo
 
-    run_sampling_demo(model=model, n=n, max_new_tokens=max_new_tokens, seed=seed)
+    if sampling_only:
+        run_sampling_demo(model=DEFAULT_MODEL)
+    else:
+        run_training_demo(overrides)
 
 
 def main() -> None:

@@ -14,6 +14,7 @@ One step ``s``:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import shutil
 import time
@@ -245,14 +246,17 @@ class Trainer:
         cfg = self.config.train
         history: dict[str, Any] = {}
         if cfg.eval_every and self.step == 0:
-            history["before"] = self.run_eval()
+            with self._status("evaluating before training"):
+                history["before"] = self.run_eval()
         while self.step < cfg.steps:
             started = time.perf_counter()
-            metrics = self.train_step()
+            with self._status(f"step {self.step + 1}/{cfg.steps}: rollouts, rewards, update"):
+                metrics = self.train_step()
             self.step += 1
             metrics["time/step"] = time.perf_counter() - started
             if cfg.eval_every and (self.step % cfg.eval_every == 0 or self.step == cfg.steps):
-                metrics.update(self.run_eval().flat_metrics(prefix="eval/"))
+                with self._status(f"evaluating at step {self.step}"):
+                    metrics.update(self.run_eval().flat_metrics(prefix="eval/"))
             self.logger.log(self.step, metrics)
             self._report(metrics)
             if cfg.save_every and self.step % cfg.save_every == 0:
@@ -570,24 +574,29 @@ class Trainer:
         write_json(self.run_dir / "evals" / f"step-{self.step:06d}.json", result.to_dict())
         return result
 
+    def _status(self, message: str) -> contextlib.AbstractContextManager:
+        """A live spinner on the console (nothing without one)."""
+        return self.console.status(message) if self.console else contextlib.nullcontext()
+
     def _report(self, metrics: dict[str, Any]) -> None:
         if self.console is None:
             return
+        shown = {
+            "reward/mean": "reward",
+            "reward/accuracy": "acc",
+            "response/length_mean": "len",
+            "tis/mean": "tis_w",
+            "actor/entropy": "entropy",
+            "time/step": "s/step",
+        }
         parts = [f"step {self.step}/{self.config.train.steps}"]
-        for key in (
-            "reward/mean",
-            "reward/accuracy",
-            "response/length_mean",
-            "tis/mean",
-            "actor/entropy",
-            "time/step",
-        ):
-            if key in metrics:
-                parts.append(f"{key.split('/')[-1]} {metrics[key]:.3f}")
-        for key, value in metrics.items():
-            if key.startswith("eval/pass@") or key.startswith("eval/worst@"):
-                parts.append(f"{key[5:]} {value:.3f}")
-        self.console.print("  ".join(parts))
+        parts += [f"{label} {metrics[key]:.3f}" for key, label in shown.items() if key in metrics]
+        parts += [
+            f"{key.removeprefix('eval/')} {value:.3f}"
+            for key, value in metrics.items()
+            if key.startswith(("eval/pass@", "eval/worst@"))
+        ]
+        self.console.print("  ".join(parts), soft_wrap=True)
 
     # -- checkpoints ----------------------------------------------------------------------------
 
