@@ -289,3 +289,17 @@ def test_memory_stays_flat_over_many_steps(tmp_path):
     growth = _rss_mib() - start
     # A leak of one step's tensors or graph would add megabytes per step; allow allocator noise.
     assert growth < 40, f"RSS grew by {growth:.1f} MiB over 30 steps"
+
+
+def test_fresh_run_refuses_an_existing_run_dir(tmp_path):
+    cfg = make_config(tmp_path, "train.steps=1")
+    model, tokenizer = tiny_model(seed=11)
+    Trainer(cfg, model=model, tokenizer=tokenizer).train()
+    metrics = (tmp_path / "run" / "metrics.jsonl").read_text()
+    with pytest.raises(ValueError, match="train.output_dir: .* already holds a run"):
+        Trainer(cfg, model=model, tokenizer=tokenizer)
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == metrics  # nothing touched
+    again = make_config(tmp_path, "train.steps=1", "train.overwrite=true")
+    Trainer(again, model=model, tokenizer=tokenizer).train()
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [1]

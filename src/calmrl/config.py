@@ -135,6 +135,8 @@ class TrainConfig(_Section):
     steps: int = Field(15, ge=1)
     seed: int = 0
     output_dir: str = "runs/demo"
+    overwrite: bool = False
+    """Replace an earlier run in output_dir (otherwise a fresh run there is refused)."""
     eval_every: int = Field(5, ge=0)
     """Evaluate every N steps (and before the first and after the last); 0 = never."""
     eval_n: int = Field(8, ge=1)

@@ -31,7 +31,8 @@ DEMO_TASK = Config().data.train
 def run_training_demo(overrides: list[str] | None = None) -> dict[str, EvalResult]:
     """Train on the built-in default, then show held-out metrics before and after."""
     console = Console()
-    config = load_config(None, overrides or [])
+    # The demo is meant to be re-run: it replaces its own earlier run.
+    config = load_config(None, ["train.overwrite=true", *(overrides or [])])
     run_dir = Path(config.train.output_dir)
     console.print(
         f"[bold]calmrl demo[/]: {config.model.name}, task {config.data.train}, "

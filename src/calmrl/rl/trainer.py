@@ -46,6 +46,8 @@ from calmrl.sampling import Rollouts, generate
 from calmrl.sampling.engine import NonFiniteLogitsError
 from calmrl.sampling.methods import make_sampler
 
+RUN_ARTIFACTS = ("metrics.jsonl", "checkpoints", "evals", "final", "tensorboard", "plots")
+
 
 class TrainingAborted(RuntimeError):
     """Too many consecutive steps with a non-finite loss, gradient or logits."""
@@ -229,6 +231,8 @@ class Trainer:
         self.bad_steps = 0
         if resume:
             self._restore()
+        else:
+            self._claim_run_dir()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         with atomic_open(self.run_dir / "config.yaml") as handle:
             handle.write(cfg.to_yaml())
@@ -633,6 +637,22 @@ class Trainer:
         final = self.run_dir / "final"
         shutil.rmtree(final, ignore_errors=True)
         staging.rename(final)
+
+    def _claim_run_dir(self) -> None:
+        """A fresh run must not mix its metrics and checkpoints with an earlier one's."""
+        artifacts = [self.run_dir / name for name in RUN_ARTIFACTS]
+        if not any(path.exists() for path in artifacts):
+            return
+        if not self.config.train.overwrite:
+            raise ValueError(
+                f"train.output_dir: {self.run_dir} already holds a run; continue it with "
+                f"--resume {self.run_dir}, pick another output_dir, or set train.overwrite=true"
+            )
+        for path in artifacts:
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
 
     def _restore(self) -> None:
         checkpoints = list_checkpoints(self.run_dir)
