@@ -40,6 +40,10 @@ def run_training_demo(overrides: list[str] | None = None) -> dict[str, EvalResul
         f"TIS {'on' if config.algorithm.tis else 'off'}, {config.train.steps} steps -> {run_dir}"
     )
     history = run_training(config, console=console)
+    written = plot_training_runs([run_dir], run_dir / "plots")
+    if "before" not in history:  # evaluation switched off (train.eval_every=0)
+        console.print("plots: " + ", ".join(str(p) for p in written))
+        return history
     before, after = history["before"], history["after"]
     table = Table(
         title=f"Held-out {config.data.eval} ({len(before.problems)} problems, "
@@ -57,7 +61,6 @@ def run_training_demo(overrides: list[str] | None = None) -> dict[str, EvalResul
     for label, result in (("before", before), ("after", after)):
         result.method = f"{label} training"
         write_json(plots / f"eval_{label}.json", result.to_dict())
-    written = plot_training_runs([run_dir], plots)
     written += plot_eval_results([plots / "eval_before.json", plots / "eval_after.json"], plots)
     console.print("plots: " + ", ".join(str(p) for p in written))
     return history
