@@ -105,8 +105,11 @@ def sample(
     params = parse_params(param)
     console = Console(stderr=True)
     console.print(f"loading [bold]{model}[/]")
+    truncation = {"top_k": top_k, "top_p": top_p, "min_p": min_p}
+    # Check the method before the model loads; LED's checks need the model's layers.
+    sampler = None if method == "led" else make_sampler(method, params, **truncation)
     lm, tokenizer = load_model(model)
-    sampler = make_sampler(method, params, model=lm, top_k=top_k, top_p=top_p, min_p=min_p)
+    sampler = sampler or make_sampler(method, params, model=lm, **truncation)
     shots = few_shot_examples(few_shot) if few_shot else ()
     suffix = MATH_SUFFIX if math_suffix else None
     texts = [

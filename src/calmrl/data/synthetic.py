@@ -164,7 +164,7 @@ def few_shot_examples(task: str) -> list[tuple[str, str]]:
     """
     parsed = parse_task_name(task)
     kind, difficulty = parsed if parsed else (task, 1)
-    if kind in GENERATORS:
+    if parsed or kind in GENERATORS:
         _check(kind, difficulty)
         rng = random.Random(f"few-shot:{kind}:{difficulty}")
         shots = [GENERATORS[kind](rng, difficulty) for _ in range(2)]

@@ -18,6 +18,7 @@ import contextlib
 import copy
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -173,6 +174,38 @@ class Trainer:
         self.run_dir = Path(config.train.output_dir)
         self.console = console
         cfg = config
+        # Everything that bad input can break is checked before the model loads.
+        data = cfg.data
+        fields = {"question_field": data.question_field, "answer_field": data.answer_field}
+        self.train_problems = _as_config_error(
+            "data.train",
+            load_problems,
+            data.train,
+            limit=data.train_limit,
+            seed=cfg.train.seed,
+            **fields,
+        )
+        self.eval_problems = []
+        if data.eval and cfg.train.eval_every > 0:
+            self.eval_problems = _as_config_error(
+                "data.eval",
+                load_problems,
+                data.eval,
+                limit=data.eval_limit,
+                seed=data.eval_seed,
+                **fields,
+            )
+        self.shots = (
+            _as_config_error("data.few_shot", few_shot_examples, data.few_shot)
+            if data.few_shot
+            else ()
+        )
+        self.reward_fn = _as_config_error(
+            "reward", get_reward, cfg.reward.name, **cfg.reward.params
+        )
+        if not resume:
+            self._claim_run_dir()
+
         torch.manual_seed(cfg.train.seed)
         if model is None:
             dtype = getattr(torch, cfg.model.dtype)
@@ -186,28 +219,6 @@ class Trainer:
         self.reference = None
         if cfg.algorithm.kl_coef > 0:
             self.reference = copy.deepcopy(self.model).eval().requires_grad_(False)
-
-        data = cfg.data
-        self.train_problems = load_problems(
-            data.train,
-            limit=data.train_limit,
-            seed=cfg.train.seed,
-            question_field=data.question_field,
-            answer_field=data.answer_field,
-        )
-        self.eval_problems = (
-            load_problems(
-                data.eval,
-                limit=data.eval_limit,
-                seed=data.eval_seed,
-                question_field=data.question_field,
-                answer_field=data.answer_field,
-            )
-            if data.eval and cfg.train.eval_every >= 0
-            else []
-        )
-        self.shots = few_shot_examples(data.few_shot) if data.few_shot else ()
-        self.reward_fn = get_reward(cfg.reward.name, **cfg.reward.params)
         self.sampler = make_sampler(
             cfg.rollout.method,
             cfg.rollout.params,
@@ -231,8 +242,6 @@ class Trainer:
         self.bad_steps = 0
         if resume:
             self._restore()
-        else:
-            self._claim_run_dir()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         with atomic_open(self.run_dir / "config.yaml") as handle:
             handle.write(cfg.to_yaml())
@@ -681,6 +690,14 @@ class Trainer:
             state["bad_steps"],
         )
         set_rng_state(state["rng"])
+
+
+def _as_config_error(key: str, build: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Call ``build``; a bad-input error is re-raised as one line naming the config key."""
+    try:
+        return build(*args, **kwargs)
+    except (ValueError, FileNotFoundError, TypeError) as error:
+        raise ValueError(f"{key}: {error}") from None
 
 
 def _tied_keys(model: PreTrainedModel) -> set[str]:
