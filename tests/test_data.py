@@ -304,3 +304,15 @@ def test_few_shot_examples(task):
             assert int(gold) == arithmetic_answer(question)
     if task == "arith-mul-2":
         assert all(len(re.findall(r"\d+", q)[1]) == 2 for q, _ in shots)
+
+
+def test_prompt_files_without_gold_load_when_no_answer_is_required(tmp_path):
+    from calmrl.data import load_problems
+
+    path = tmp_path / "prompts.jsonl"
+    path.write_text('{"prompt": "Say hi."}\n{"prompt": "Count to 3."}\n')
+    problems = load_problems(str(path), require_answer=False)
+    assert [p.question for p in problems] == ["Say hi.", "Count to 3."]
+    assert [p.answer for p in problems] == ["", ""]
+    with pytest.raises(DataFormatError, match="line 1"):
+        load_problems(str(path))

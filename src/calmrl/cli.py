@@ -98,7 +98,9 @@ def sample(
 
     questions = list(prompt or [])
     if prompts_file is not None:
-        problems = load_problems(str(prompts_file), limit=limit, question_field=field)
+        problems = load_problems(
+            str(prompts_file), limit=limit, question_field=field, require_answer=False
+        )
         questions += [p.question for p in problems]
     if not questions:
         raise UsageError("--prompt/--prompts-file: give at least one prompt")

@@ -91,6 +91,7 @@ def load_file(
     limit: int | None = None,
     question_field: str | None = None,
     answer_field: str | None = None,
+    require_answer: bool = True,
 ) -> list[Problem]:
     """Problems from a .jsonl, .json or .parquet file; ids are ``{name}-{id or index}``."""
     path = Path(path)
@@ -105,4 +106,5 @@ def load_file(
         limit=limit,
         question_field=question_field,
         answer_field=answer_field,
+        require_answer=require_answer,
     )

@@ -11,7 +11,7 @@ from calmrl.rewards.extract import normalize_gold
 
 # Tried in order when the caller names no field. `gt_answer` first: veRL-style files keep the
 # bare answer there; `solution` last, for MATH-style rows with a worked solution only.
-QUESTION_FIELDS = ("question", "problem", "query", "input")
+QUESTION_FIELDS = ("question", "problem", "query", "input", "prompt")
 ANSWER_FIELDS = ("gt_answer", "answer", "final_answer", "target", "solution")
 
 
@@ -47,18 +47,24 @@ def row_to_problem(
     index: int,
     question_field: str | None = None,
     answer_field: str | None = None,
+    require_answer: bool = True,
 ) -> Problem | None:
     """Map one row to a Problem, every other field going to `meta`; None if the gold is empty.
 
-    Raises KeyError or TypeError for rows that do not fit.
+    With ``require_answer=False`` (prompts to sample, nothing to grade) a row without a gold
+    field becomes a Problem with an empty answer. Raises KeyError or TypeError for rows that
+    do not fit.
     """
     if not isinstance(row, Mapping):
         raise TypeError(f"expected an object, got {type(row).__name__}")
     q_field = _pick_field(row, question_field, QUESTION_FIELDS)
-    a_field = _pick_field(row, answer_field, ANSWER_FIELDS)
     question = row[q_field]
     if not isinstance(question, str) or not question.strip():
         raise TypeError(f"field {q_field!r} is not a non-empty string")
+    if not require_answer and not any(f in row for f in (answer_field, *ANSWER_FIELDS) if f):
+        meta = {k: v for k, v in row.items() if k != q_field}
+        return Problem(id=f"{name}-{index}", question=question, answer="", meta=meta)
+    a_field = _pick_field(row, answer_field, ANSWER_FIELDS)
     raw_answer = row[a_field]
     answer = normalize_gold(raw_answer)
     if not answer:
@@ -79,6 +85,7 @@ def rows_to_problems(
     limit: int | None = None,
     question_field: str | None = None,
     answer_field: str | None = None,
+    require_answer: bool = True,
 ) -> list[Problem]:
     """Convert ``(location, row)`` pairs, stopping after `limit` problems.
 
@@ -97,6 +104,7 @@ def rows_to_problems(
                 index=index,
                 question_field=question_field,
                 answer_field=answer_field,
+                require_answer=require_answer,
             )
         except (KeyError, TypeError) as e:
             message = e.args[0] if isinstance(e, KeyError) else str(e)

@@ -76,6 +76,7 @@ def load_problems(
     data_dir: str | Path | None = None,
     question_field: str | None = None,
     answer_field: str | None = None,
+    require_answer: bool = True,
 ) -> list[Problem]:
     """Load problems from any source calmrl knows.
 
@@ -88,7 +89,8 @@ def load_problems(
     - a Hugging Face dataset ``owner/name`` or ``owner/name:config`` (needs `datasets` and hub
       access).
     Files keep their order and `limit` takes the first problems. Question and gold fields are
-    detected (``question``/``problem``, ``gt_answer``/``answer``/``solution``) unless given.
+    detected (``question``/``problem``/.../``prompt``, ``gt_answer``/``answer``/``solution``)
+    unless given; ``require_answer=False`` accepts files of prompts with no gold.
     """
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0, got {limit}")
@@ -109,7 +111,11 @@ def load_problems(
         return synthetic_task(kind, n, seed=seed, difficulty=difficulty, split=split or "test")
     if source.endswith(FILE_SUFFIXES) or Path(source).is_file():
         return load_file(
-            source, limit=limit, question_field=question_field, answer_field=answer_field
+            source,
+            limit=limit,
+            question_field=question_field,
+            answer_field=answer_field,
+            require_answer=require_answer,
         )
     if "/" in source:
         return rows_to_problems(
