@@ -55,25 +55,28 @@ class EvalResult:
         return EvalResult(**{**data, "problems": problems})
 
 
+def per_problem_metrics(problems: Sequence[ProblemResult], k: int) -> dict[str, np.ndarray]:
+    """pass@k, worst@k, mean@k and maj@k of each problem (e.g. for paired comparisons)."""
+    n = np.array([p.n for p in problems])
+    c = np.array([p.correct for p in problems])
+    maj = [maj_at_k(p.class_sizes, p.correct_class, p.n, k) for p in problems]
+    return {
+        f"pass@{k}": np.asarray(pass_at_k(n, c, k), dtype=float),
+        f"worst@{k}": np.asarray(worst_at_k(n, c, k), dtype=float),
+        f"mean@{k}": np.asarray(mean_at_k(n, c, k), dtype=float),
+        f"maj@{k}": np.asarray(maj, dtype=float),
+    }
+
+
 def compute_metrics(
     problems: Sequence[ProblemResult], ks: Sequence[int], *, n_boot: int = 1000, seed: int = 0
 ) -> dict[str, dict[str, float]]:
     """Every metric at every k: mean over problems and a 95% bootstrap interval."""
-    n = np.array([p.n for p in problems])
-    c = np.array([p.correct for p in problems])
     out: dict[str, dict[str, float]] = {}
     for k in ks:
-        per_problem = {
-            f"pass@{k}": pass_at_k(n, c, k),
-            f"worst@{k}": worst_at_k(n, c, k),
-            f"mean@{k}": mean_at_k(n, c, k),
-            f"maj@{k}": np.array(
-                [maj_at_k(p.class_sizes, p.correct_class, p.n, k) for p in problems], dtype=float
-            ),
-        }
-        for name, values in per_problem.items():
-            mean, lo, hi = bootstrap_ci(np.asarray(values, dtype=float), n_boot=n_boot, seed=seed)
-            out[name] = {"mean": float(mean), "lo": float(lo), "hi": float(hi)}
+        for name, values in per_problem_metrics(problems, k).items():
+            mean, lo, hi = bootstrap_ci(values, n_boot=n_boot, seed=seed)
+            out[name] = {"mean": mean, "lo": lo, "hi": hi}
     return out
 
 
