@@ -1,12 +1,16 @@
 """Rollout engine throughput on SmolLM2-135M-Instruct (CPU): EAD vs constant, engine vs HF.
 
     python benchmarks/bench_sampling.py [--batch 32] [--max-new-tokens 128] [--repeats 3]
+                                        [--ignore-eos]
 
 Prints, from one interleaved run:
 - EAD wall time / constant-temperature wall time in the calmrl engine (target <= 1.02);
 - calmrl tokens/s / ``model.generate`` tokens/s at the same settings (target >= 1.0);
 - peak resident memory of each.
-Tokens are generated tokens (EOS included, padding excluded); both stop rows at EOS.
+Tokens are generated tokens (EOS included, padding excluded); both stop rows at EOS, so the
+runs differ in how many tokens they generate. ``--ignore-eos`` runs every row to
+``max_new_tokens`` in all three (HF: ``min_new_tokens``), so the work is equal and the ratios
+isolate per-step costs.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--ignore-eos", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -46,7 +51,13 @@ def main() -> None:
     def engine(schedule):
         def run():
             r = generate(
-                model, tokenizer, prompts, schedule, max_new_tokens=args.max_new_tokens, seed=0
+                model,
+                tokenizer,
+                prompts,
+                schedule,
+                max_new_tokens=args.max_new_tokens,
+                seed=0,
+                ignore_eos=args.ignore_eos,
             )
             return int(r.response_mask.sum())
 
@@ -54,6 +65,7 @@ def main() -> None:
 
     @torch.no_grad()
     def hf_generate():
+        torch.manual_seed(0)
         out = model.generate(
             **encoded,
             do_sample=True,
@@ -61,9 +73,12 @@ def main() -> None:
             top_k=0,
             top_p=1.0,
             max_new_tokens=args.max_new_tokens,
+            min_new_tokens=args.max_new_tokens if args.ignore_eos else 0,
             pad_token_id=tokenizer.pad_token_id,
         )
         new = out[:, encoded["input_ids"].shape[1] :]
+        if args.ignore_eos:
+            return new.numel()
         # Count tokens up to and including the first EOS, as the engine does.
         after_eos = (new == eos).long().cumsum(-1) - (new == eos).long()
         return int((after_eos == 0).sum())

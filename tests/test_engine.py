@@ -176,3 +176,14 @@ def test_hf_logits_processor_applies_schedule():
     )
     expected = schedule.temperatures(torch.arange(6)).tolist()
     assert seen == pytest.approx(expected, rel=1e-5)
+
+
+def test_ignore_eos_runs_every_row_to_max_new_tokens():
+    model, tokenizer = tiny_model("llama", seed=1)
+    rollouts = generate(
+        model, tokenizer, PROMPTS, ConstantSchedule(1.5), n=8, max_new_tokens=40, seed=3,
+        ignore_eos=True,
+    )  # fmt: skip
+    assert (rollouts.response_lengths == 40).all()
+    assert set(rollouts.finish_reasons) == {"length"}
+    assert (rollouts.response_ids == tokenizer.eos_token_id).any()  # EOS drawn, not obeyed

@@ -144,6 +144,7 @@ def generate(
     top_p: float | None = None,
     min_p: float | None = None,
     stop: Sequence[str] | None = None,
+    ignore_eos: bool = False,
     batch_size: int | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> Rollouts:
@@ -154,7 +155,8 @@ def generate(
     schedules. ``batch_size`` bounds the rows decoded together, rounded to whole groups of
     ``n`` (each prompt is prefilled once and its KV cache shared by its ``n`` rows);
     ``progress`` is called with the number of rows finished after each batch. The same
-    ``seed`` gives the same tokens.
+    ``seed`` gives the same tokens. ``ignore_eos`` keeps every row going to
+    ``max_new_tokens`` (benchmarks: equal work whatever the samples).
     """
     if n < 1:
         raise ValueError(f"n: must be >= 1, got {n}")
@@ -188,6 +190,7 @@ def generate(
             max_new_tokens=max_new_tokens,
             step=step,
             stop=list(stop or []),
+            ignore_eos=ignore_eos,
             generator=generator,
         )
         part.group_index = part.group_index + start
@@ -207,11 +210,13 @@ def _generate_batch(
     max_new_tokens: int,
     step: int,
     stop: list[str],
+    ignore_eos: bool,
     generator: torch.Generator,
 ) -> Rollouts:
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id
-    eos_ids = torch.tensor(eos_token_ids(model, tokenizer), device=device)
+    eos = [] if ignore_eos else eos_token_ids(model, tokenizer)
+    eos_ids = torch.tensor(eos, dtype=torch.long, device=device)
     prompt_ids, prompt_mask = _left_pad(prompt_rows, pad_id)
     prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
     batch = len(prompt_rows) * n
