@@ -20,7 +20,8 @@ entering layer ``n-1-j`` (the one entering the last layer, ``n-1``, is skipped b
 
 The authors draw a coin with probability ``p_explore``, then a token from the chosen branch; we
 return the mixture itself, so the engine samples the same law and records the exact behaviour
-log-prob that truncated importance sampling needs (the authors' code does not record it).
+log-prob that truncated importance sampling needs (the authors' code records the final
+layer's log-prob at ``T`` instead).
 """
 
 from __future__ import annotations
