@@ -17,11 +17,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import machine, today  # noqa: E402
+from common import machine, today
 
-from calmrl.analysis.plots import plot_training_runs  # noqa: E402
-from calmrl.config import load_config  # noqa: E402
-from calmrl.rl.trainer import run_training  # noqa: E402
+from calmrl.analysis.plots import plot_training_runs
+from calmrl.config import load_config
+from calmrl.rl.trainer import run_training
 
 VARIANTS = {
     "constant-1.0": ["rollout.method=constant", "rollout.params={tau: 1.0}", "algorithm.tis=false"],
@@ -52,7 +52,7 @@ def main() -> None:
         history = run_training(config)
         rows.append((name, history, time.perf_counter() - started))
     print(f"date: {today()}\nmachine: {machine()}")
-    print(f"command: python benchmarks/rl_comparison.py --steps {args.steps} {' '.join(args.overrides)}")
+    print("command: python benchmarks/rl_comparison.py " + " ".join(sys.argv[1:]))
     ks = load_config(None, []).train.eval_k
     header = ["run", "minutes"] + [f"{m}@{k} before->after" for m in ("pass", "worst") for k in ks]
     print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
