@@ -225,8 +225,18 @@ def test_response_logprobs_matches_engine():
             "algorithm.tis_mode=mask",
         ],
         ["algorithm.overlong_buffer=3", "algorithm.advantage=dr_grpo"],
+        ["rollout.method=led", "rollout.params={depth: 3, top_k: 4, temperature: 0.8}"],
     ],
-    ids=["entropy-shaping", "clip-cov", "kl-cov", "kl-entropy", "rloo-epochs", "dapo", "overlong"],
+    ids=[
+        "entropy-shaping",
+        "clip-cov",
+        "kl-cov",
+        "kl-entropy",
+        "rloo-epochs",
+        "dapo",
+        "overlong",
+        "led-tis",
+    ],
 )
 def test_algorithm_variants_run_and_log(tmp_path, extra):
     cfg = make_config(tmp_path, "train.steps=1", *extra)

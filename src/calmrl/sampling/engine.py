@@ -245,10 +245,11 @@ def _generate_batch(
     )
     if n > 1:  # expand each prompt's state to its n rows
         outputs.past_key_values.batch_repeat_interleave(n)
-        outputs.logits = outputs.logits.repeat_interleave(n, dim=0)
+        # Only the last position is read from here on: repeat that, not the whole prompt.
+        outputs.logits = outputs.logits[:, -1:].repeat_interleave(n, dim=0)
         if sampler.needs_hidden_states:
             outputs.hidden_states = tuple(
-                h.repeat_interleave(n, dim=0) for h in outputs.hidden_states
+                h[:, -1:].repeat_interleave(n, dim=0) for h in outputs.hidden_states
             )
         prompt_ids, prompt_mask = (
             prompt_ids.repeat_interleave(n, 0),
