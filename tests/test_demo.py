@@ -22,7 +22,7 @@ def test_training_demo_prints_table_and_writes_plots(tmp_path, monkeypatch, caps
     for name in ("training_curves.png", "pass_at_k.png", "worst_at_k.png", "maj_at_k.png"):
         assert (plots / name).stat().st_size > 1000, name
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").open()]
-    assert steps == [1, 2]
+    assert steps == [0, 1, 2]  # step 0: the evaluation before training
     assert (out / "final" / "config.json").is_file()
     # Re-running the demo replaces its earlier run instead of refusing or mixing metrics.
     run_training_demo([f"train.output_dir={out}", "train.steps=1", "train.eval_every=0",

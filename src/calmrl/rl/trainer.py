@@ -261,6 +261,7 @@ class Trainer:
         if cfg.eval_every and self.step == 0:
             with self._status("evaluating before training"):
                 history["before"] = self.run_eval()
+            self.logger.log(0, history["before"].flat_metrics(prefix="eval/"))
         while self.step < cfg.steps:
             started = time.perf_counter()
             with self._status(f"step {self.step + 1}/{cfg.steps}: rollouts, rewards, update"):
