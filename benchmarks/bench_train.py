@@ -34,6 +34,11 @@ loop (batch fetch, generation, scoring, 8 micro-batch forward/backwards, optimiz
 Tokens are generated completion tokens, EOS included, padding excluded.
 
     flock /tmp/calmrl-heavy.lock .venv/bin/python benchmarks/bench_train.py --threads 2
+    flock /tmp/calmrl-heavy.lock .venv/bin/python benchmarks/bench_train.py --threads 2 \
+        --frameworks calmrl,calmrl-noshare
+
+The first takes ~17 minutes on the 2-core CPU (a TRL step is ~2.5 min); ``--frameworks
+calmrl,trl --steps 2`` takes ~9. Results: docs/results/train.md.
 
 Debug run (tiny): ``--prompts 1 --n 2 --max-new-tokens 8 --micro-batch 2 --steps 1``.
 """
@@ -303,17 +308,16 @@ def _recv(name: str, process, conn) -> dict[str, Any]:
     return message
 
 
-def _row(name: str, steps: list[dict[str, Any]], base: float | None) -> str:
+def _row(name: str, steps: list[dict[str, Any]], base: float) -> str:
     def med(key: str) -> float:
         return median([s[key] for s in steps])
 
     total = med("total")
     tok_s = median([s["tokens"] / s["rollout"] for s in steps])
-    ratio = f"{total / base:.2f}" if base else "1.00"
     return (
         f"| {name} | {total:.1f} | {med('rollout'):.1f} | {med('reward'):.3f} | "
         f"{med('rest'):.1f} | {med('tokens'):.0f} | {tok_s:.0f} | {med('reward_mean'):.3f} | "
-        f"{max(s['peak_gib'] for s in steps):.2f} | {ratio} |"
+        f"{max(s['peak_gib'] for s in steps):.2f} | {total / base:.2f} |"
     )
 
 
@@ -389,15 +393,13 @@ def main() -> None:
     print(f"Command: {' '.join(sys.argv)}")
     print(f"Settings: {vars(args)}; prompt tokens (mean) {prompt_tokens}")
     print(f"Worker setup s: { {k: round(v, 1) for k, v in setup.items()} }; info {info}\n")
+    base_name = "trl" if "trl" in names else names[0]
+    base = median([s["total"] for s in results[base_name]])
     print(
         "| framework | step s | rollout s | reward s | update+rest s | tokens | rollout tok/s "
-        "| reward mean | peak RSS GiB | step / TRL |"
+        f"| reward mean | peak RSS GiB | step / {base_name} |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|")
-    base = median([s["total"] for s in results["trl"]]) if "trl" in names else None
-    if base is None:
-        base = median([s["total"] for s in results[names[0]]])
-        print(f"(no trl row: the last column is relative to {names[0]})")
     for name in names:
         print(_row(name, results[name], base))
     for name in names:
@@ -405,7 +407,7 @@ def main() -> None:
             own = median([s["update_own"] for s in results[name]])
             print(f"\n{name}: time/update (its own timer) median {own:.1f} s")
         print(f"{name} step times: {[round(s['total'], 1) for s in results[name]]}")
-    if base and "calmrl" in names:
+    if base_name == "trl" and "calmrl" in names:
         ratio = median([s["total"] for s in results["calmrl"]]) / base
         print(f"\ncalmrl (constant tau=1) / TRL step time: {ratio:.2f} (target <= 0.67)")
 
