@@ -61,17 +61,21 @@ class PromptStream:
     problems: list[Problem]
     seed: int
     cursor: int = 0
+    _orders: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
 
     def take(self, count: int) -> list[Problem]:
         out = []
         for _ in range(count):
             epoch, index = divmod(self.cursor, len(self.problems))
-            order = torch.randperm(
-                len(self.problems), generator=torch.Generator().manual_seed(self.seed + epoch)
-            )
-            out.append(self.problems[int(order[index])])
+            out.append(self.problems[int(self._order(epoch)[index])])
             self.cursor += 1
         return out
+
+    def _order(self, epoch: int) -> torch.Tensor:
+        if epoch not in self._orders:  # derived from (seed, epoch): nothing to checkpoint
+            generator = torch.Generator().manual_seed(self.seed + epoch)
+            self._orders = {epoch: torch.randperm(len(self.problems), generator=generator)}
+        return self._orders[epoch]
 
 
 @dataclass
@@ -545,11 +549,9 @@ class Trainer:
     def _rollout_metrics(self, rollouts: Rollouts, rewards: torch.Tensor) -> dict[str, Any]:
         mask = rollouts.response_mask
         on = mask.bool()
-        correct = (
-            torch.tensor(self.reward_fn.correct_flags(rewards.tolist()), dtype=torch.float32)
-            if hasattr(self.reward_fn, "correct_flags")
-            else (rewards > 0).float()
-        )
+        # Accuracy is the share of positive rewards: exact for the 1/0 and +1/-1 schemes; a
+        # format bonus on wrong answers would inflate it (the held-out eval uses the verifier).
+        correct = (rewards > 0).float()
         metrics: dict[str, Any] = {
             "reward/mean": float(rewards.mean()),
             "reward/accuracy": float(correct.mean()),
