@@ -16,6 +16,7 @@ from calmrl.rl.advantages import (
     entropy_shaped_advantages,
     gae_advantages,
     grpo_advantages,
+    outcome_token_rewards,
     overlong_penalty,
     rloo_advantages,
 )
@@ -116,6 +117,20 @@ def test_gae_whiten_normalises_over_response_tokens() -> None:
     x = raw[mask]
     torch.testing.assert_close(white[mask], (x - x.mean()) / x.std(), atol=1e-5, rtol=1e-5)
     assert torch.all(white[~mask] == 0)
+
+
+def test_outcome_reward_sits_on_the_last_response_token() -> None:
+    mask = torch.tensor([[1, 1, 1, 0], [1, 0, 1, 0], [0, 0, 0, 0], [1, 1, 1, 1]])
+    out = outcome_token_rewards(torch.tensor([2.0, -1.0, 7.0, 0.5]), mask)
+    expected = torch.tensor(
+        [[0, 0, 2.0, 0], [0, 0, -1.0, 0], [0, 0, 0, 0], [0, 0, 0, 0.5]]
+    )  # a masked gap does not end the response; an empty row gets nothing
+    torch.testing.assert_close(out, expected)
+    # With gamma = lam = 1 and V = 0, GAE returns the outcome reward at every response token.
+    _, returns = gae_advantages(out, torch.zeros(4, 4), mask, gamma=1.0, lam=1.0, whiten=False)
+    torch.testing.assert_close(returns, out.sum(-1, keepdim=True) * mask)
+    with pytest.raises(ValueError, match=r"rewards \[B\] and mask \[B, T\]"):
+        outcome_token_rewards(torch.zeros(3), mask)
 
 
 def test_gae_whiten_needs_two_tokens() -> None:

@@ -11,7 +11,8 @@ from calmrl.config import load_config
 from calmrl.models import tiny_model
 from calmrl.rewards import available_rewards, register_reward
 from calmrl.rl import checkpoint as checkpoint_module
-from calmrl.rl.trainer import Trainer, TrainingAborted, response_logprobs
+from calmrl.rl.trainer import Trainer, TrainingAborted, _checkpointing, response_logprobs
+from calmrl.rl.value_head import ValueHead
 from calmrl.sampling import generate
 from calmrl.schedules import ConstantSchedule
 
@@ -67,9 +68,12 @@ def first_char_of_most_likely_start(model, tokenizer, prompt):
     raise AssertionError("no printable token")
 
 
-def test_one_step_raises_probability_of_rewarded_start(tmp_path):
+@pytest.mark.parametrize("advantage", ["grpo", "gae"])
+def test_one_step_raises_probability_of_rewarded_start(tmp_path, advantage):
     model, tokenizer = tiny_model(seed=3)
-    cfg = make_config(tmp_path, "train.steps=1", "rollout.prompts_per_step=4")
+    cfg = make_config(
+        tmp_path, "train.steps=1", "rollout.prompts_per_step=4", f"algorithm.advantage={advantage}"
+    )
     trainer = Trainer(cfg, model=model, tokenizer=tokenizer)
     prompts = trainer.prompts_for(trainer.train_problems[:4])
     # Reward responses that start with a character the policy emits often but not always.
@@ -94,14 +98,19 @@ def test_one_step_raises_probability_of_rewarded_start(tmp_path):
     assert after > before + 1e-3
 
 
-def test_exact_resume_is_bitwise(tmp_path):
+@pytest.mark.parametrize("advantage", ["grpo", "gae"])
+def test_exact_resume_is_bitwise(tmp_path, advantage):
     def weights(path):
         from safetensors.torch import load_file
 
-        return load_file(str(path / "model.safetensors"))
+        tensors = load_file(str(path / "model.safetensors"))
+        if advantage == "gae":
+            tensors.update(load_file(str(path / "value_head.safetensors")))
+        return tensors
 
     full_dir, split_dir = tmp_path / "full", tmp_path / "split"
     common = ["rollout.method=ead", "rollout.params={tau_min: 0.3, d0: 3.0}", "train.save_every=2"]
+    common.append(f"algorithm.advantage={advantage}")
     full = make_config(full_dir, *common, "train.steps=4")
     model, tokenizer = tiny_model(seed=4)
     Trainer(full, model=model, tokenizer=tokenizer).train()
@@ -199,7 +208,7 @@ def test_response_logprobs_matches_engine():
         seed=0,
     )
     with torch.no_grad():
-        logprobs, entropy = response_logprobs(model, rollouts)
+        logprobs, entropy, _ = response_logprobs(model, rollouts)
     on = rollouts.response_mask.bool()
     torch.testing.assert_close(logprobs[on], rollouts.logprobs[on], atol=1e-4, rtol=0)
     torch.testing.assert_close(entropy[on], rollouts.entropies[on], atol=1e-4, rtol=0)
@@ -259,20 +268,30 @@ def test_shared_prompt_forward_equals_plain_forward_values_and_grads(arch, max_n
     rollouts = generate(model, tokenizer, ["ab", "a longer prompt", "xyz"], ConstantSchedule(1.0),
                         n=3, max_new_tokens=max_new_tokens, seed=1)  # fmt: skip
     rollouts = rollouts.select([0, 1, 2, 4, 5, 6, 8])  # uneven groups, as after a shuffle
+    head = ValueHead.for_model(model)
+    torch.nn.init.normal_(head.linear.weight, std=0.3, generator=torch.Generator().manual_seed(0))
     results = []
     for share in (False, True):
         model.zero_grad()
-        logprobs, entropy = response_logprobs(model, rollouts, share_prompts=share)
+        head.zero_grad()
+        out = response_logprobs(model, rollouts, share_prompts=share, value_head=head)
         mask = rollouts.response_mask
-        ((logprobs + 0.1 * entropy) * mask).sum().backward()
-        grads = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
-        results.append((logprobs.detach() * mask, entropy.detach() * mask, grads))
-    (lp_a, h_a, g_a), (lp_b, h_b, g_b) = results
+        ((out.logprobs + 0.1 * out.entropy + 0.3 * out.values) * mask).sum().backward()
+        named = [*model.named_parameters(), *head.named_parameters(prefix="value_head")]
+        grads = {k: p.grad.clone() for k, p in named if p.grad is not None}
+        detached = [x.detach() * mask for x in out]
+        results.append((*detached, grads))
+    (lp_a, h_a, v_a, g_a), (lp_b, h_b, v_b, g_b) = results
     torch.testing.assert_close(lp_a, lp_b, atol=1e-5, rtol=0)
     torch.testing.assert_close(h_a, h_b, atol=1e-5, rtol=0)
+    torch.testing.assert_close(v_a, v_b, atol=1e-5, rtol=0)
+    assert v_a.abs().max() > 0.01, "a non-trivial value head"
+    assert "value_head.linear.weight" in g_a
     assert g_a.keys() == g_b.keys()
     for key in g_a:
-        torch.testing.assert_close(g_a[key], g_b[key], atol=1e-5, rtol=1e-4, msg=key)
+        # fp32 sums in a different order: errors relative to the gradient's scale.
+        scale = max(1.0, float(g_a[key].abs().max()))
+        torch.testing.assert_close(g_a[key], g_b[key], atol=1e-6 * scale, rtol=1e-4, msg=key)
 
 
 def _rss_mib() -> float:
@@ -313,3 +332,121 @@ def test_fresh_run_refuses_an_existing_run_dir(tmp_path):
     Trainer(again, model=model, tokenizer=tokenizer).train()
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in lines] == [1]
+
+
+# ---------------------------------------------------------------------------------------------
+# PPO with GAE, LoRA, gradient checkpointing, autocast
+
+
+def test_gae_values_are_the_value_head_on_the_output_projection_input():
+    """The trainer's values equal the head applied to hidden states from an independent forward."""
+    model, tokenizer = tiny_model("qwen2", seed=12)
+    head = ValueHead.for_model(model)
+    torch.nn.init.normal_(head.linear.weight, generator=torch.Generator().manual_seed(1))
+    rollouts = generate(model, tokenizer, ["ab", "cde"], ConstantSchedule(1.0), n=2,
+                        max_new_tokens=5, seed=0)  # fmt: skip
+    with torch.no_grad():
+        values = response_logprobs(model, rollouts, value_head=head).values
+        ids = torch.cat([rollouts.prompt_ids, rollouts.response_ids], dim=1)
+        mask = torch.cat([rollouts.prompt_mask, rollouts.response_mask], dim=1)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                    output_hidden_states=True)  # fmt: skip
+        width, steps = rollouts.prompt_ids.shape[1], rollouts.response_ids.shape[1]
+        # The last hidden state (after the final norm) at the positions predicting each token.
+        expected = head(out.hidden_states[-1][:, width - 1 : width + steps - 1])
+    on = rollouts.response_mask.bool()
+    torch.testing.assert_close(values[on], expected[on], atol=1e-5, rtol=0)
+
+
+def test_value_head_learns_the_return(tmp_path):
+    cfg = make_config(tmp_path, "algorithm.advantage=gae", "optim.value_lr=1e-2",
+                      "algorithm.value_coef=1.0", "algorithm.value_clip=10.0")  # fmt: skip
+    model, tokenizer = tiny_model(seed=13)
+    trainer = Trainer(cfg, model=model, tokenizer=tokenizer)
+    trainer.reward_fn = lambda responses, golds: [1.0] * len(responses)  # return 1 everywhere
+    history = []
+    for _ in range(12):
+        history.append(trainer.train_step())
+        trainer.step += 1
+    assert history[0]["critic/values_mean"] == 0.0  # the head starts at zero
+    assert history[0]["critic/returns_mean"] == pytest.approx(1.0)
+    assert history[-1]["critic/vf_loss"] < 0.1 * history[0]["critic/vf_loss"]
+    assert 0.7 < history[-1]["critic/values_mean"] < 1.3
+
+
+def test_lora_trains_adapters_only_and_saves_a_merged_model(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    cfg = make_config(tmp_path, "model.lora_rank=4", "train.steps=1", "optim.lr=1e-2")
+    model, tokenizer = tiny_model(seed=3)
+    base = {k: v.clone() for k, v in model.state_dict().items()}
+    trainer = Trainer(cfg, model=model, tokenizer=tokenizer)
+    prefix, _ = first_char_of_most_likely_start(
+        model, tokenizer, trainer.prompts_for(trainer.train_problems[:1])[0]
+    )
+    trainer.reward_fn = StartsWith(prefix)
+    trainable = {n for n, p in trainer.model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    metrics = trainer.train_step()
+    assert 0 < metrics["reward/mean"] < 1
+    lora_b = [p for n, p in trainer.model.named_parameters() if "lora_B" in n]
+    assert any(p.abs().sum() > 0 for p in lora_b), "the adapters moved (lora_B starts at 0)"
+    for name, tensor in trainer.model.named_parameters():
+        if "base_layer" in name:
+            key = name.split("model.", 2)[-1].replace("base_layer.", "")
+            assert torch.equal(tensor, base[key]), name
+    trainer.save_final()
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "final")
+    state = merged.state_dict()
+    assert set(state) <= set(base) and not any("lora" in k for k in state)
+    changed = [k for k in state if not torch.equal(state[k], base[k])]
+    assert changed and all("proj" in k for k in changed)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tmp_path):
+    grads = []
+    for flag in (False, True):
+        cfg = make_config(tmp_path / str(flag), f"model.gradient_checkpointing={flag}",
+                          "train.steps=1", "rollout.prompts_per_step=4")  # fmt: skip
+        model, tokenizer = tiny_model(seed=3)
+        trainer = Trainer(cfg, model=model, tokenizer=tokenizer)
+        assert _checkpointing(model) == flag
+        prefix, _ = first_char_of_most_likely_start(
+            model, tokenizer, trainer.prompts_for(trainer.train_problems[:1])[0]
+        )
+        trainer.reward_fn = StartsWith(prefix)
+        seen = {}
+        trainer.optimizer.register_step_pre_hook(
+            lambda *_, seen=seen, model=model: seen.update(
+                {n: p.grad.clone() for n, p in model.named_parameters()}
+            )
+        )
+        trainer.train_step()
+        grads.append(seen)
+    plain, checkpointed = grads
+    assert plain.keys() == checkpointed.keys() and plain
+    for key in plain:
+        torch.testing.assert_close(plain[key], checkpointed[key], atol=1e-6, rtol=1e-4, msg=key)
+
+
+def test_bf16_autocast_computes_in_bf16_and_keeps_fp32_weights(tmp_path):
+    cfg = make_config(tmp_path, "model.autocast=bfloat16", "train.steps=1",
+                      "algorithm.recompute_old_logprobs=true")  # fmt: skip
+    model, tokenizer = tiny_model(seed=7)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    trainer = Trainer(cfg, model=model, tokenizer=tokenizer)
+    trainer.reward_fn = StartsWith(
+        first_char_of_most_likely_start(
+            model, tokenizer, trainer.prompts_for(trainer.train_problems[:1])[0]
+        )[0]
+    )
+    dtypes = []
+    model.lm_head.register_forward_hook(lambda module, inputs, out: dtypes.append(out.dtype))
+    metrics = trainer.train_step()
+    assert dtypes and set(dtypes) == {torch.bfloat16}  # rollouts, recompute and update
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert all(v == v for v in metrics.values() if isinstance(v, float)), metrics
+    # bf16 rounding: the engine's and the recomputed pi_old agree only to bf16 precision.
+    assert metrics["old_logprob_abs_diff_max"] < 0.25
+    assert any(not torch.equal(v, before[k]) for k, v in model.state_dict().items())

@@ -28,9 +28,14 @@ class ModelConfig(_Section):
     name: str = DEFAULT_MODEL
     """Built-in name, .gguf file, HF directory or hub id (online only)."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    """fp32 on CPU (bf16 matmuls are ~100x slower on AVX2); bf16 autocast on GPU."""
+    """Weights' dtype. Keep fp32 (master weights for AdamW) and use ``autocast`` for speed."""
     device: str = "cpu"
+    autocast: Literal["bfloat16"] | None = None
+    """Compute dtype under torch.autocast for rollouts, update and eval (use on GPUs).
+    Off on CPU: bf16 matmuls are ~100x slower than fp32 on AVX2. (fp16 would need loss
+    scaling, so it is not offered.)"""
     gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass (less memory, ~30% more compute)."""
     lora_rank: int = Field(0, ge=0)
     """0 = full fine-tuning; > 0 trains LoRA adapters through peft."""
     lora_alpha: float = Field(16.0, gt=0)
@@ -83,8 +88,17 @@ class RewardConfig(_Section):
 
 
 class AlgorithmConfig(_Section):
-    advantage: Literal["grpo", "dr_grpo", "rloo"] = "grpo"
+    advantage: Literal["grpo", "dr_grpo", "rloo", "gae"] = "grpo"
+    """gae: PPO with a value head on the policy's trunk (rl/value_head.py)."""
     norm_eps: float = Field(1e-6, gt=0)
+    gamma: float = Field(1.0, ge=0, le=1)
+    """GAE discount (veRL default 1.0)."""
+    lam: float = Field(1.0, ge=0, le=1)
+    """GAE lambda (veRL default 1.0; 0.95 is the classic PPO choice)."""
+    value_coef: float = Field(0.1, gt=0)
+    """Weight of the value loss in the shared-trunk loss (TRL's vf_coef)."""
+    value_clip: float = Field(0.5, gt=0)
+    """Value clipping range around the rollout-time values (veRL cliprange_value)."""
     entropy_shaping: bool = False
     """Cheng et al.: A + min(alpha * H.detach(), |A| / kappa)."""
     shaping_alpha: float = Field(0.4, ge=0)
@@ -129,6 +143,8 @@ class OptimConfig(_Section):
     betas: tuple[float, float] = (0.9, 0.999)
     warmup_steps: int = Field(0, ge=0)
     grad_clip: float = Field(1.0, gt=0)
+    value_lr: float = Field(1e-4, gt=0)
+    """Learning rate of the value head (advantage=gae); it starts from zero, so faster."""
 
 
 class TrainConfig(_Section):

@@ -136,6 +136,30 @@ def broadcast_to_tokens(values: torch.Tensor, mask: torch.Tensor) -> torch.Tenso
     return values.unsqueeze(-1) * mask.to(values.dtype)
 
 
+def outcome_token_rewards(rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Put each sequence's outcome reward on its last response token (zero elsewhere).
+
+    The token-level reward that GAE discounts back over the response, as veRL's
+    ``token_level_rewards`` for an outcome reward model. Rows without response tokens get none.
+
+    Args:
+        rewards: ``[B]`` one reward per sequence.
+        mask: ``[B, T]`` response mask.
+
+    Returns:
+        ``[B, T]``.
+    """
+    if rewards.ndim != 1 or mask.ndim != 2 or rewards.shape[0] != mask.shape[0]:
+        raise ValueError(f"rewards [B] and mask [B, T] expected, got {rewards.shape}, {mask.shape}")
+    valid = mask.bool()
+    positions = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
+    last = torch.where(valid, positions, -1).max(-1).values
+    out = torch.zeros(mask.shape, dtype=rewards.dtype, device=rewards.device)
+    rows = (last >= 0).nonzero().flatten()
+    out[rows, last[rows]] = rewards[rows]
+    return out
+
+
 def _masked_whiten(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """``(x - mean) / sqrt(var + 1e-8)`` over the masked entries, unbiased var (as veRL)."""
     n = mask.sum()

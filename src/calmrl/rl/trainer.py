@@ -5,10 +5,12 @@ One step ``s``:
    with the configured method (EAD's decay grows with ``s``); the engine records behaviour
    log-probs and pi_old log-probs (tau = 1) for free;
 2. score them with the verifier; DAPO dynamic sampling drops all-equal groups and refills;
-3. group-relative advantages (GRPO / Dr. GRPO / RLOO), broadcast to tokens;
+3. advantages: group-relative (GRPO / Dr. GRPO / RLOO) broadcast to tokens, or GAE from a
+   value head on the policy's trunk (PPO);
 4. policy updates over epochs and minibatches: PPO clipped loss (clip-higher, dual-clip),
    TIS weights from behaviour log-probs, optional entropy shaping, KL to a frozen reference,
-   entropy regularisation, Clip-Cov / KL-Cov; AdamW with warm-up and gradient clipping;
+   entropy regularisation, Clip-Cov / KL-Cov, the clipped value loss (GAE); AdamW with
+   warm-up and gradient clipping;
 5. log, evaluate every ``eval_every`` steps, checkpoint every ``save_every`` steps.
 """
 
@@ -21,9 +23,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
+from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from calmrl.analysis.entropy import mean_by_position_band
@@ -43,6 +46,7 @@ from calmrl.rl.checkpoint import (
     set_rng_state,
 )
 from calmrl.rl.run_logger import RunLogger
+from calmrl.rl.value_head import ValueHead
 from calmrl.sampling import Rollouts, generate
 from calmrl.sampling.engine import NonFiniteLogitsError
 from calmrl.sampling.methods import make_sampler
@@ -88,16 +92,29 @@ class Batch:
     old_logprobs: torch.Tensor  # [N, T]
     tis_weights: torch.Tensor | None  # [N, T]
     metrics: dict[str, float] = field(default_factory=dict)
+    old_values: torch.Tensor | None = None  # [N, T], GAE only
+    returns: torch.Tensor | None = None  # [N, T], GAE only
 
 
 # ---------------------------------------------------------------------------------------------
 # Model pieces
 
 
+class ResponseForward(NamedTuple):
+    logprobs: torch.Tensor  # [N, T], tau = 1
+    entropy: torch.Tensor  # [N, T]
+    values: torch.Tensor | None  # [N, T] with a value head
+
+
 def response_logprobs(
-    model: PreTrainedModel, rollouts: Rollouts, *, share_prompts: bool = True
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-probs (tau = 1) of the response tokens and the policy entropy there: [N, T] each.
+    model: PreTrainedModel,
+    rollouts: Rollouts,
+    *,
+    share_prompts: bool = True,
+    value_head: ValueHead | None = None,
+) -> ResponseForward:
+    """Log-probs (tau = 1) of the response tokens, the policy entropy there and, with a
+    ``value_head``, the values ``V(s_t)`` from the same forward: [N, T] each.
 
     With ``share_prompts`` the rows of one group run their common prompt through the model
     once: the prompt's KV cache is indexed out to the rows (a differentiable gather, so the
@@ -110,15 +127,19 @@ def response_logprobs(
     full_mask = torch.cat([prompt_mask, rollouts.response_mask], dim=1)
     positions = (full_mask.cumsum(-1) - 1).clamp(min=0)
     groups, row_to_group = torch.unique(rollouts.group_index, return_inverse=True)
+    hidden = None
     if not share_prompts or len(groups) == len(rollouts) or _checkpointing(model):
         ids = torch.cat([rollouts.prompt_ids, rollouts.response_ids], dim=1)
         # Only the logits that predict response tokens: the last T+1 positions but the final.
-        logits = model(
-            input_ids=ids,
-            attention_mask=full_mask,
-            position_ids=positions,
-            logits_to_keep=steps + 1,
-        ).logits[:, :-1]
+        with _output_projection_inputs(model, value_head is not None) as captured:
+            logits = model(
+                input_ids=ids,
+                attention_mask=full_mask,
+                position_ids=positions,
+                logits_to_keep=steps + 1,
+            ).logits[:, :-1]
+        if captured:
+            hidden = captured[0][:, :-1]
     else:
         first_row = torch.zeros(len(groups), dtype=torch.long, device=row_to_group.device)
         first_row.scatter_reduce_(
@@ -129,35 +150,60 @@ def response_logprobs(
             include_self=False,
         )
         width = prompt_mask.shape[1]
-        prefix = model(
-            input_ids=rollouts.prompt_ids[first_row],
-            attention_mask=prompt_mask[first_row],
-            position_ids=positions[first_row, :width],
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        logits = prefix.logits[row_to_group]
-        if steps > 1:
-            cache = prefix.past_key_values
-            cache.batch_select_indices(row_to_group.to(rollouts.prompt_ids.device))
-            rest = model(
-                input_ids=rollouts.response_ids[:, :-1],
-                attention_mask=full_mask[:, :-1],
-                position_ids=positions[:, width:-1],
-                past_key_values=cache,
+        with _output_projection_inputs(model, value_head is not None) as captured:
+            prefix = model(
+                input_ids=rollouts.prompt_ids[first_row],
+                attention_mask=prompt_mask[first_row],
+                position_ids=positions[first_row, :width],
                 use_cache=True,
-            ).logits
-            logits = torch.cat([logits, rest], dim=1)
+                logits_to_keep=1,
+            )
+            logits = prefix.logits[row_to_group]
+            if steps > 1:
+                cache = prefix.past_key_values
+                cache.batch_select_indices(row_to_group.to(rollouts.prompt_ids.device))
+                rest = model(
+                    input_ids=rollouts.response_ids[:, :-1],
+                    attention_mask=full_mask[:, :-1],
+                    position_ids=positions[:, width:-1],
+                    past_key_values=cache,
+                    use_cache=True,
+                ).logits
+                logits = torch.cat([logits, rest], dim=1)
+        if captured:
+            hidden = torch.cat([captured[0][row_to_group], *captured[1:]], dim=1)
     logits = logits.float()
     logprobs = logits.log_softmax(-1).gather(-1, rollouts.response_ids.unsqueeze(-1)).squeeze(-1)
-    return logprobs, losses.entropy_from_logits(logits)
+    values = value_head(hidden) if value_head is not None else None
+    return ResponseForward(logprobs, losses.entropy_from_logits(logits), values)
+
+
+@contextlib.contextmanager
+def _output_projection_inputs(model: PreTrainedModel, enabled: bool):
+    """Collect the inputs of the model's output projection (final normed hidden states), one
+    tensor per forward call: the value head reads them, for any architecture."""
+    captured: list[torch.Tensor] = []
+    if not enabled:
+        yield captured
+        return
+
+    def hook(_module: torch.nn.Module, args: tuple[torch.Tensor, ...], _output: Any) -> None:
+        captured.append(args[0])
+
+    handle = model.get_output_embeddings().register_forward_hook(hook)
+    try:
+        yield captured
+    finally:
+        handle.remove()
 
 
 def _checkpointing(model: PreTrainedModel) -> bool:
     """Activation checkpointing disables the KV cache, so prompt sharing cannot be used."""
-    flag = getattr(type(model), "is_activation_checkpointing", None)
-    name = "is_activation_checkpointing" if flag is not None else "is_gradient_checkpointing"
-    return bool(getattr(model, name, False))
+    # transformers 5 names it is_activation_checkpointing; peft models forward the attribute.
+    for name in ("is_activation_checkpointing", "is_gradient_checkpointing"):
+        with contextlib.suppress(AttributeError):
+            return bool(getattr(model, name))
+    return False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -217,9 +263,14 @@ class Trainer:
         self.model, self.tokenizer = model, tokenizer
         self.device = next(model.parameters()).device
         if cfg.model.gradient_checkpointing:
-            model.gradient_checkpointing_enable()
+            # transformers 5 renamed it; older versions only have the gradient_ name.
+            enable = getattr(model, "activation_checkpointing_enable", None)
+            (enable or model.gradient_checkpointing_enable)()
         if cfg.model.lora_rank > 0:
             self.model = _with_lora(model, cfg.model.lora_rank, cfg.model.lora_alpha)
+        self.value_head = (
+            ValueHead.for_model(self.model) if cfg.algorithm.advantage == "gae" else None
+        )
         self.reference = None
         if cfg.algorithm.kl_coef > 0:
             self.reference = copy.deepcopy(self.model).eval().requires_grad_(False)
@@ -233,9 +284,14 @@ class Trainer:
         )
         self.eval_sampler = make_sampler(cfg.train.eval_method, cfg.train.eval_params, model=model)
 
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        param_groups = [{"params": [p for p in self.model.parameters() if p.requires_grad]}]
+        if self.value_head is not None:
+            param_groups.append({"params": self.value_head.parameters(), "lr": cfg.optim.value_lr})
         self.optimizer = torch.optim.AdamW(
-            params, lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay
+            param_groups,
+            lr=cfg.optim.lr,
+            betas=cfg.optim.betas,
+            weight_decay=cfg.optim.weight_decay,
         )
         warmup = cfg.optim.warmup_steps
         self.lr_schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -338,18 +394,19 @@ class Trainer:
             problems = self.stream.take(missing)
             started = time.perf_counter()
             self.model.eval()
-            rollouts = generate(
-                self.model,
-                self.tokenizer,
-                self.prompts_for(problems),
-                self.sampler,
-                n=cfg.n,
-                max_new_tokens=cfg.max_new_tokens,
-                step=self.step,
-                seed=self._seed(attempt),
-                stop=cfg.stop,
-                batch_size=cfg.batch_size,
-            )
+            with self._autocast():
+                rollouts = generate(
+                    self.model,
+                    self.tokenizer,
+                    self.prompts_for(problems),
+                    self.sampler,
+                    n=cfg.n,
+                    max_new_tokens=cfg.max_new_tokens,
+                    step=self.step,
+                    seed=self._seed(attempt),
+                    stop=cfg.stop,
+                    batch_size=cfg.batch_size,
+                )
             stats["time/rollout"] += time.perf_counter() - started
             started = time.perf_counter()
             golds = [problems[g].answer for g in rollouts.group_index.tolist()]
@@ -389,22 +446,36 @@ class Trainer:
 
     def _with_advantages(self, rollouts: Rollouts, rewards: torch.Tensor, metrics) -> Batch:
         algo = self.config.algorithm
-        groups = rollouts.group_index
-        if algo.advantage == "rloo":
-            sequence_adv = adv.rloo_advantages(rewards, groups)
-        else:
-            sequence_adv = adv.grpo_advantages(
-                rewards, groups, norm_by_std=algo.advantage == "grpo", eps=algo.norm_eps
-            )
-        mask = rollouts.response_mask
-        token_adv = adv.broadcast_to_tokens(sequence_adv, mask)
+        groups, mask = rollouts.group_index, rollouts.response_mask
         old_logprobs = rollouts.logprobs
+        rollout_forward = None
+        if algo.recompute_old_logprobs or self.value_head is not None:
+            rollout_forward = self._forward_in_chunks(rollouts)
         if algo.recompute_old_logprobs:
-            with torch.no_grad():
-                old_logprobs = self._forward_in_chunks(rollouts)
+            old_logprobs = rollout_forward.logprobs
             metrics["old_logprob_abs_diff_max"] = float(
                 ((old_logprobs - rollouts.logprobs).abs() * mask).max()
             )
+        old_values = returns = None
+        if algo.advantage == "gae":
+            old_values = rollout_forward.values
+            token_adv, returns = adv.gae_advantages(
+                adv.outcome_token_rewards(rewards, mask),
+                old_values,
+                mask,
+                gamma=algo.gamma,
+                lam=algo.lam,
+                whiten=bool(mask.sum() >= 2),
+            )
+            metrics.update(_critic_metrics(old_values, returns, mask))
+        else:
+            if algo.advantage == "rloo":
+                sequence_adv = adv.rloo_advantages(rewards, groups)
+            else:
+                sequence_adv = adv.grpo_advantages(
+                    rewards, groups, norm_by_std=algo.advantage == "grpo", eps=algo.norm_eps
+                )
+            token_adv = adv.broadcast_to_tokens(sequence_adv, mask)
         weights = None
         if algo.tis:
             weights, diagnostics = losses.tis_weights(
@@ -418,7 +489,9 @@ class Trainer:
             metrics.update(
                 {f"tis/{k.removeprefix('tis_')}": float(v) for k, v in diagnostics.items()}
             )
-        return Batch(rollouts, rewards, token_adv, old_logprobs, weights, metrics)
+        return Batch(
+            rollouts, rewards, token_adv, old_logprobs, weights, metrics, old_values, returns
+        )
 
     # -- 4: policy update -----------------------------------------------------------------------
 
@@ -469,7 +542,7 @@ class Trainer:
             (loss * share).backward()
             for key, value in metrics.items():
                 sums[key] = sums.get(key, 0.0) + float(value) * share
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
         grad_norm = torch.nn.utils.clip_grad_norm_(params, self.config.optim.grad_clip)
         if not torch.isfinite(grad_norm):
             return {"nonfinite": 1.0}
@@ -480,7 +553,9 @@ class Trainer:
         algo = self.config.algorithm
         rollouts = batch.rollouts.select(micro)
         mask = rollouts.response_mask
-        logprobs, entropy = response_logprobs(self.model, rollouts)
+        with self._autocast():
+            forward = response_logprobs(self.model, rollouts, value_head=self.value_head)
+        logprobs, entropy = forward.logprobs, forward.entropy
         advantages = batch.advantages[micro]
         if algo.entropy_shaping:
             advantages = adv.entropy_shaped_advantages(
@@ -521,8 +596,8 @@ class Trainer:
         metrics["actor/pg_loss"] = loss.detach()
         metrics["actor/entropy"] = losses.masked_mean(entropy.detach(), mask)
         if self.reference is not None:
-            with torch.no_grad():
-                ref_logprobs, _ = response_logprobs(self.reference, rollouts)
+            with torch.no_grad(), self._autocast():
+                ref_logprobs = response_logprobs(self.reference, rollouts).logprobs
             kl = losses.aggregate(
                 losses.kl_penalty(logprobs, ref_logprobs, algo.kl_kind), mask, algo.agg
             )
@@ -532,17 +607,39 @@ class Trainer:
             loss = loss + losses.entropy_regularization(
                 entropy, mask, coef=algo.entropy_coef, agg=algo.agg
             )
+        if self.value_head is not None:
+            value_loss, value_metrics = losses.value_loss(
+                forward.values,
+                batch.old_values[micro],
+                batch.returns[micro],
+                mask,
+                clip_range=algo.value_clip,
+                agg=algo.agg,
+            )
+            loss = loss + algo.value_coef * value_loss
+            metrics["critic/vf_loss"] = value_loss.detach()
+            metrics["critic/vf_clipfrac"] = value_metrics["vf_clipfrac"]
         return loss, metrics
 
-    def _forward_in_chunks(self, rollouts: Rollouts) -> torch.Tensor:
+    @torch.no_grad()
+    def _forward_in_chunks(self, rollouts: Rollouts) -> ResponseForward:
+        """pi_old log-probs (and rollout-time values) of a batch, one micro-batch at a time."""
         size = self.config.algorithm.micro_batch_size
-        chunks = [
-            response_logprobs(
-                self.model, rollouts.select(torch.arange(i, min(i + size, len(rollouts))))
-            )[0]
-            for i in range(0, len(rollouts), size)
-        ]
-        return torch.cat(chunks)
+        with self._autocast():
+            chunks = [
+                response_logprobs(
+                    self.model,
+                    rollouts.select(torch.arange(i, min(i + size, len(rollouts)))),
+                    value_head=self.value_head,
+                )
+                for i in range(0, len(rollouts), size)
+            ]
+        values = [c.values for c in chunks]
+        return ResponseForward(
+            torch.cat([c.logprobs for c in chunks]),
+            torch.cat([c.entropy for c in chunks]),
+            torch.cat(values) if self.value_head is not None else None,
+        )
 
     # -- metrics, evaluation --------------------------------------------------------------------
 
@@ -573,22 +670,29 @@ class Trainer:
     def run_eval(self) -> EvalResult:
         cfg = self.config
         self.model.eval()
-        result = evaluate(
-            self.model,
-            self.tokenizer,
-            self.eval_problems,
-            self.eval_sampler,
-            prompts=self.prompts_for(self.eval_problems),
-            reward_fn=self.reward_fn,
-            n=cfg.train.eval_n,
-            ks=cfg.train.eval_k,
-            max_new_tokens=cfg.rollout.max_new_tokens,
-            seed=cfg.data.eval_seed,
-            batch_size=cfg.rollout.batch_size,
-        )
+        with self._autocast():
+            result = evaluate(
+                self.model,
+                self.tokenizer,
+                self.eval_problems,
+                self.eval_sampler,
+                prompts=self.prompts_for(self.eval_problems),
+                reward_fn=self.reward_fn,
+                n=cfg.train.eval_n,
+                ks=cfg.train.eval_k,
+                max_new_tokens=cfg.rollout.max_new_tokens,
+                seed=cfg.data.eval_seed,
+                batch_size=cfg.rollout.batch_size,
+            )
         self.last_eval = result
         write_json(self.run_dir / "evals" / f"step-{self.step:06d}.json", result.to_dict())
         return result
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        dtype = self.config.model.autocast
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=getattr(torch, dtype))
 
     def _status(self, message: str) -> contextlib.AbstractContextManager:
         """A live spinner on the console (nothing without one)."""
@@ -626,6 +730,7 @@ class Trainer:
             "bad_steps": self.bad_steps,
             "optimizer": self.optimizer.state_dict(),
             "lr_schedule": self.lr_schedule.state_dict(),
+            "value_head": self.value_head.state_dict() if self.value_head is not None else None,
         }
 
     def save(self) -> Path:
@@ -646,6 +751,8 @@ class Trainer:
         shutil.rmtree(staging, ignore_errors=True)
         model.save_pretrained(staging, safe_serialization=True)
         self.tokenizer.save_pretrained(staging)
+        if self.value_head is not None:
+            save_file(self.value_head.state_dict(), str(staging / "value_head.safetensors"))
         final = self.run_dir / "final"
         shutil.rmtree(final, ignore_errors=True)
         staging.rename(final)
@@ -673,8 +780,6 @@ class Trainer:
                 f"--resume: no complete checkpoint under {self.run_dir}/checkpoints"
             )
         latest = checkpoints[-1]
-        from safetensors.torch import load_file
-
         weights: dict[str, torch.Tensor] = {}
         for shard in sorted((latest / "model").glob("*.safetensors")):
             weights.update(load_file(shard, device=str(self.device)))
@@ -685,6 +790,10 @@ class Trainer:
                 f"--resume: checkpoint {latest} does not match the model ({real_missing[:3]})"
             )
         state = load_trainer_state(latest)
+        if self.value_head is not None:
+            if state.get("value_head") is None:
+                raise ValueError(f"--resume: checkpoint {latest} has no value head (advantage=gae)")
+            self.value_head.load_state_dict(state["value_head"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.lr_schedule.load_state_dict(state["lr_schedule"])
         self.step, self.stream.cursor, self.bad_steps = (
@@ -703,6 +812,21 @@ def _as_config_error(key: str, build: Callable[..., Any], *args: Any, **kwargs: 
         raise ValueError(f"{key}: {error}") from None
 
 
+def _critic_metrics(
+    values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor
+) -> dict[str, float]:
+    """Rollout-time value statistics; explained variance ``1 - Var(R - V) / Var(R)`` as veRL."""
+    on = mask.bool()
+    v, r = values[on], returns[on]
+    variance = float(r.var()) if len(r) > 1 else 0.0
+    explained = 1.0 - float((r - v).var()) / variance if variance > 0 else 0.0
+    return {
+        "critic/values_mean": float(v.mean()) if len(v) else 0.0,
+        "critic/returns_mean": float(r.mean()) if len(r) else 0.0,
+        "critic/explained_var": explained,
+    }
+
+
 def _tied_keys(model: PreTrainedModel) -> set[str]:
     tied = getattr(model, "_tied_weights_keys", None) or []
     return set(tied if isinstance(tied, list) else tied.keys())
@@ -719,7 +843,7 @@ def _with_lora(model: PreTrainedModel, rank: int, alpha: float) -> PreTrainedMod
     try:
         from peft import LoraConfig, get_peft_model
     except ImportError:
-        raise ValueError("model.lora_rank: LoRA needs peft; pip install 'calmrl[trl]'") from None
+        raise ValueError("model.lora_rank: LoRA needs peft; pip install 'calmrl[lora]'") from None
     config = LoraConfig(
         r=rank, lora_alpha=alpha, target_modules="all-linear", task_type="CAUSAL_LM"
     )
