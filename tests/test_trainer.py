@@ -257,6 +257,7 @@ def test_algorithm_variants_run_and_log(tmp_path, extra):
     trainer.reward_fn = StartsWith(prefix)
     metrics = trainer.train_step()
     assert "reward/mean" in metrics and "time/rollout" in metrics
+    assert metrics["perf/rollout_tokens_per_s"] > 0 and metrics["perf/update_tokens_per_s"] > 0
     assert all(v == v for v in metrics.values() if isinstance(v, float)), metrics  # no NaN
 
 

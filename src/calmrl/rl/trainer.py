@@ -364,6 +364,7 @@ class Trainer:
             self.bad_steps = 0
         if batch is not None:
             metrics.update(batch.metrics)
+            metrics.update(_throughput(batch, timings))
         return {**metrics, **timings, "lr": self.lr_schedule.get_last_lr()[0]}
 
     # -- 1-3: rollouts, rewards, advantages -----------------------------------------------------
@@ -810,6 +811,17 @@ def _as_config_error(key: str, build: Callable[..., Any], *args: Any, **kwargs: 
         return build(*args, **kwargs)
     except (ValueError, FileNotFoundError, TypeError) as error:
         raise ValueError(f"{key}: {error}") from None
+
+
+def _throughput(batch: Batch, timings: dict[str, float]) -> dict[str, float]:
+    """Tokens per second of the rollout (all sampled tokens) and of the update (trained ones)."""
+    out = {}
+    if timings.get("time/rollout"):
+        out["perf/rollout_tokens_per_s"] = batch.metrics["rollout/tokens"] / timings["time/rollout"]
+    if timings.get("time/update") and batch.advantages.numel():
+        trained = float(batch.rollouts.response_mask.sum())
+        out["perf/update_tokens_per_s"] = trained / timings["time/update"]
+    return out
 
 
 def _critic_metrics(
