@@ -2,10 +2,11 @@
 
     python benchmarks/rl_comparison.py [--steps 15] [--out runs/comparison] [overrides ...]
 
-Trains the built-in default recipe (``configs/demo.yaml``) three times with the same seed and
-budget, changing one thing: constant temperature 1.0 rollouts, EAD without TIS, EAD with TIS.
+Trains the built-in default recipe (``configs/demo.yaml``) with the same seed and budget,
+changing one thing: constant temperature 1.0 rollouts, EAD without TIS, EAD with TIS (the
+paper's three), and two runs beyond it (PPO-GAE, entropy-clocked EAD); ``--only`` picks some.
 Prints a table of held-out pass@k / worst@k before and after, and draws the training curves
-of the three runs on shared axes (``OUT/plots/training_curves.png``).
+of every run found under OUT on shared axes (``OUT/plots/training_curves.png``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,10 @@ VARIANTS = {
     "constant-1.0": ["rollout.method=constant", "rollout.params={tau: 1.0}", "algorithm.tis=false"],
     "ead-no-tis": ["rollout.method=ead-paper", "algorithm.tis=false"],
     "ead-tis": ["rollout.method=ead-paper", "algorithm.tis=true"],
+    # Beyond the paper's three runs: PPO with GAE (configs/ppo-gae-smollm2.yaml) and EAD on an
+    # entropy clock, each with the EAD-TIS run's rollouts and budget otherwise.
+    "ppo-gae": ["rollout.method=ead-paper", "algorithm.advantage=gae", "algorithm.lam=0.95"],
+    "ead-entropy-tis": ["rollout.method=ead-entropy", "rollout.params={entropy_ref: 0.3}"],
 }
 
 
@@ -67,7 +72,8 @@ def main() -> None:
                     f"[{after['lo']:.2f}, {after['hi']:.2f}]"
                 )
         print("| " + " | ".join(cells) + " |")
-    for path in plot_training_runs([out / name for name in args.only], out / "plots"):
+    found = [out / name for name in VARIANTS if (out / name / "metrics.jsonl").is_file()]
+    for path in plot_training_runs(found, out / "plots"):
         print(f"plot: {path}")
 
 

@@ -80,7 +80,7 @@ def test_parse_method_spec():
     ("specs", "message"),
     [
         ([], "at least one"),
-        (["nope"], "unknown schedule"),
+        (["nope"], "unknown method"),
         (["constant:temp=1"], "not a parameter"),
         (["constant:tau=-1"], "tau"),
         (["constant:tau"], "key=value"),

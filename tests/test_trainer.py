@@ -235,6 +235,8 @@ def test_response_logprobs_matches_engine():
         ],
         ["algorithm.overlong_buffer=3", "algorithm.advantage=dr_grpo"],
         ["rollout.method=led", "rollout.params={depth: 3, top_k: 4, temperature: 0.8}"],
+        ["rollout.method=ead-entropy", "rollout.params={entropy_ref: 0.5, d0: 3.0}"],
+        ["algorithm.advantage=gae", "algorithm.lam=0.9", "algorithm.gamma=0.99"],
     ],
     ids=[
         "entropy-shaping",
@@ -245,6 +247,8 @@ def test_response_logprobs_matches_engine():
         "dapo",
         "overlong",
         "led-tis",
+        "ead-entropy",
+        "gae",
     ],
 )
 def test_algorithm_variants_run_and_log(tmp_path, extra):

@@ -63,7 +63,10 @@ def sample(
         DEFAULT_MODEL
     ),
     method: Annotated[
-        str, typer.Option(help="constant | ead | ead-paper | ead-official | reverse-ead | led")
+        str,
+        typer.Option(
+            help="constant | ead | ead-paper | ead-official | reverse-ead | ead-entropy | led"
+        ),
     ] = "ead-paper",
     param: Annotated[
         list[str] | None, typer.Option("--param", "-p", help="Method parameter key=value.")
@@ -145,7 +148,7 @@ def sample(
 EVAL_METHOD_HELP = (
     "Method to compare; repeat. Syntax \\[label=]method\\[:key=value,...], e.g. constant:tau=0.6, "
     "ead-paper, ead:tau_max=1.2,time_scale=20, hot=constant:tau=1.2. Methods: constant | ead | "
-    "ead-paper | ead-official | reverse-ead | led."
+    "ead-paper | ead-official | reverse-ead | ead-entropy | led."
 )
 
 

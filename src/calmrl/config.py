@@ -13,7 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from calmrl.models import DEFAULT_MODEL
-from calmrl.schedules import make_schedule
+from calmrl.sampling.methods import make_sampler
 
 
 class ConfigError(ValueError):
@@ -59,9 +59,10 @@ class DataConfig(_Section):
 
 class RolloutConfig(_Section):
     method: str = "ead-paper"
-    """constant | ead | ead-paper | ead-official | reverse-ead | led."""
+    """constant | ead | ead-paper | ead-official | reverse-ead | ead-entropy | led."""
     params: dict[str, Any] = Field(default_factory=dict)
-    """Method parameters, e.g. {tau: 1.0} for constant, {tau_min: 0.8} for EAD, {depth: 8} LED."""
+    """Method parameters, e.g. {tau: 1.0} for constant, {tau_min: 0.8} for EAD, {depth: 8} LED,
+    {entropy_ref: 0.8} for ead-entropy."""
     n: int = Field(8, ge=1)
     """Rollouts per prompt (the GRPO group size G)."""
     prompts_per_step: int = Field(8, ge=1)
@@ -76,7 +77,7 @@ class RolloutConfig(_Section):
     @model_validator(mode="after")
     def _check_method(self) -> RolloutConfig:
         if self.method != "led":  # LED parameters are checked against the model's layers
-            make_schedule(self.method, **self.params)
+            make_sampler(self.method, self.params)
         return self
 
 

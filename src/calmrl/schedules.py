@@ -100,9 +100,14 @@ class EADSchedule(_DecaySchedule):
     """Exploratory annealed decoding: explore early (tau_max), exploit late (tau_min)."""
 
     def temperatures(self, positions: torch.Tensor, step: int = 0) -> torch.Tensor:
-        annealed = (1.0 + self.tau_max - self._growth(positions, step)).clamp(min=self.tau_min)
+        annealed = self.annealed(positions, step)
         tau = torch.where(positions < self.warmup_tokens, torch.ones_like(annealed), annealed)
         return tau.to(torch.float32)
+
+    def annealed(self, clock: torch.Tensor, step: int = 0) -> torch.Tensor:
+        """``max(1 + tau_max - exp(clock / d_s), tau_min)`` without the warm-up (float64);
+        ``clock`` is the token position for EAD, or any non-negative time (entropy clock)."""
+        return (1.0 + self.tau_max - self._growth(clock, step)).clamp(min=self.tau_min)
 
 
 @dataclass(frozen=True)
@@ -129,6 +134,11 @@ PRESETS: dict[str, Schedule] = {
 _KINDS = {"constant": ConstantSchedule, "ead": EADSchedule, "reverse-ead": ReverseEADSchedule}
 
 
+def schedule_names() -> list[str]:
+    """Every name ``make_schedule`` accepts: the presets and the kinds."""
+    return sorted({*PRESETS, *_KINDS})
+
+
 def make_schedule(name: str = "constant", **params: float) -> Schedule:
     """Build a schedule from a preset name or a kind (``constant``, ``ead``, ``reverse-ead``).
 
@@ -141,7 +151,7 @@ def make_schedule(name: str = "constant", **params: float) -> Schedule:
         kind = type(preset)
         base = {f.name: getattr(preset, f.name) for f in fields(preset)}  # type: ignore[arg-type]
     else:
-        allowed = ", ".join(sorted({*PRESETS, *_KINDS}))
+        allowed = ", ".join(schedule_names())
         raise ValueError(f"schedule.name: unknown schedule {name!r}; choose one of: {allowed}")
     known = {f.name for f in fields(kind)}  # type: ignore[arg-type]
     for key in params:
