@@ -447,36 +447,20 @@ class Trainer:
 
     def _with_advantages(self, rollouts: Rollouts, rewards: torch.Tensor, metrics) -> Batch:
         algo = self.config.algorithm
-        groups, mask = rollouts.group_index, rollouts.response_mask
-        old_logprobs = rollouts.logprobs
-        rollout_forward = None
+        mask = rollouts.response_mask
+        old_logprobs, old_values = rollouts.logprobs, None
+        # One no-grad pass over the batch when pi_old is recomputed or GAE needs V_old.
         if algo.recompute_old_logprobs or self.value_head is not None:
-            rollout_forward = self._forward_in_chunks(rollouts)
-        if algo.recompute_old_logprobs:
-            old_logprobs = rollout_forward.logprobs
-            metrics["old_logprob_abs_diff_max"] = float(
-                ((old_logprobs - rollouts.logprobs).abs() * mask).max()
-            )
-        old_values = returns = None
-        if algo.advantage == "gae":
-            old_values = rollout_forward.values
-            token_adv, returns = adv.gae_advantages(
-                adv.outcome_token_rewards(rewards, mask),
-                old_values,
-                mask,
-                gamma=algo.gamma,
-                lam=algo.lam,
-                whiten=bool(mask.sum() >= 2),
-            )
-            metrics.update(_critic_metrics(old_values, returns, mask))
-        else:
-            if algo.advantage == "rloo":
-                sequence_adv = adv.rloo_advantages(rewards, groups)
-            else:
-                sequence_adv = adv.grpo_advantages(
-                    rewards, groups, norm_by_std=algo.advantage == "grpo", eps=algo.norm_eps
+            forward = self._forward_in_chunks(rollouts)
+            old_values = forward.values
+            if algo.recompute_old_logprobs:
+                old_logprobs = forward.logprobs
+                metrics["old_logprob_abs_diff_max"] = float(
+                    ((old_logprobs - rollouts.logprobs).abs() * mask).max()
                 )
-            token_adv = adv.broadcast_to_tokens(sequence_adv, mask)
+        token_adv, returns = self._advantages(rollouts, rewards, old_values)
+        if returns is not None:
+            metrics.update(_critic_metrics(old_values, returns, mask))
         weights = None
         if algo.tis:
             weights, diagnostics = losses.tis_weights(
@@ -493,6 +477,31 @@ class Trainer:
         return Batch(
             rollouts, rewards, token_adv, old_logprobs, weights, metrics, old_values, returns
         )
+
+    def _advantages(
+        self, rollouts: Rollouts, rewards: torch.Tensor, values: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Token advantages ``[N, T]``, and the value targets (returns) for GAE."""
+        algo, mask = self.config.algorithm, rollouts.response_mask
+        if algo.advantage == "gae":
+            return adv.gae_advantages(
+                adv.outcome_token_rewards(rewards, mask),
+                values,
+                mask,
+                gamma=algo.gamma,
+                lam=algo.lam,
+                whiten=bool(mask.sum() >= 2),
+            )
+        if algo.advantage == "rloo":
+            sequence_adv = adv.rloo_advantages(rewards, rollouts.group_index)
+        else:
+            sequence_adv = adv.grpo_advantages(
+                rewards,
+                rollouts.group_index,
+                norm_by_std=algo.advantage == "grpo",
+                eps=algo.norm_eps,
+            )
+        return adv.broadcast_to_tokens(sequence_adv, mask), None
 
     # -- 4: policy update -----------------------------------------------------------------------
 
