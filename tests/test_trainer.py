@@ -98,19 +98,21 @@ def test_one_step_raises_probability_of_rewarded_start(tmp_path, advantage):
     assert after > before + 1e-3
 
 
-@pytest.mark.parametrize("advantage", ["grpo", "gae"])
-def test_exact_resume_is_bitwise(tmp_path, advantage):
+@pytest.mark.parametrize(
+    "variant", [[], ["algorithm.advantage=gae"], ["model.lora_rank=4"]], ids=["grpo", "gae", "lora"]
+)
+def test_exact_resume_is_bitwise(tmp_path, variant):
     def weights(path):
         from safetensors.torch import load_file
 
-        tensors = load_file(str(path / "model.safetensors"))
-        if advantage == "gae":
+        tensors = load_file(str(path / "model.safetensors"))  # LoRA: merged into the base
+        if variant == ["algorithm.advantage=gae"]:
             tensors.update(load_file(str(path / "value_head.safetensors")))
         return tensors
 
     full_dir, split_dir = tmp_path / "full", tmp_path / "split"
     common = ["rollout.method=ead", "rollout.params={tau_min: 0.3, d0: 3.0}", "train.save_every=2"]
-    common.append(f"algorithm.advantage={advantage}")
+    common += variant
     full = make_config(full_dir, *common, "train.steps=4")
     model, tokenizer = tiny_model(seed=4)
     Trainer(full, model=model, tokenizer=tokenizer).train()
@@ -119,7 +121,9 @@ def test_exact_resume_is_bitwise(tmp_path, advantage):
     model, tokenizer = tiny_model(seed=4)
     Trainer(first, model=model, tokenizer=tokenizer).train()
     resumed = make_config(split_dir, *common, "train.steps=4")
-    model, tokenizer = tiny_model(seed=99)  # different init: everything must come from the ckpt
+    # A different init: everything must come from the checkpoint (with LoRA, the adapters do;
+    # the frozen base comes from model.name, as in the first run).
+    model, tokenizer = tiny_model(seed=4 if "model.lora_rank=4" in variant else 99)
     Trainer(resumed, model=model, tokenizer=tokenizer, resume=True).train()
 
     a, b = weights(full_dir / "run" / "final"), weights(split_dir / "run" / "final")

@@ -793,11 +793,22 @@ class Trainer:
         weights: dict[str, torch.Tensor] = {}
         for shard in sorted((latest / "model").glob("*.safetensors")):
             weights.update(load_file(shard, device=str(self.device)))
-        missing, unexpected = self.model.load_state_dict(weights, strict=False)
-        real_missing = [k for k in missing if k not in _tied_keys(self.model)]
-        if real_missing or unexpected:
+        if hasattr(self.model, "peft_config"):
+            # A LoRA checkpoint holds the adapters only (peft's format); the base comes from
+            # model.name, as in the run that wrote it.
+            from peft import set_peft_model_state_dict
+
+            result = set_peft_model_state_dict(self.model, weights)
+            missing = [k for k in result.missing_keys if "lora_" in k]
+            unexpected = result.unexpected_keys
+        else:
+            missing, unexpected = self.model.load_state_dict(weights, strict=False)
+            missing = [k for k in missing if k not in _tied_keys(self.model)]
+        if missing or unexpected:
             raise ValueError(
-                f"--resume: checkpoint {latest} does not match the model ({real_missing[:3]})"
+                f"--resume: checkpoint {latest} does not match the model "
+                f"(missing {missing[:2]}, unexpected {unexpected[:2]}); resume with the same "
+                "model.name and model.lora_rank"
             )
         state = load_trainer_state(latest)
         if self.value_head is not None:
