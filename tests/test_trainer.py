@@ -441,7 +441,8 @@ def test_gradient_checkpointing_gives_the_same_gradients(tmp_path):
 
 def test_bf16_autocast_computes_in_bf16_and_keeps_fp32_weights(tmp_path):
     cfg = make_config(tmp_path, "model.autocast=bfloat16", "train.steps=1",
-                      "algorithm.recompute_old_logprobs=true")  # fmt: skip
+                      "algorithm.recompute_old_logprobs=true",
+                      "algorithm.advantage=gae")  # fmt: skip
     model, tokenizer = tiny_model(seed=7)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     trainer = Trainer(cfg, model=model, tokenizer=tokenizer)
@@ -452,8 +453,11 @@ def test_bf16_autocast_computes_in_bf16_and_keeps_fp32_weights(tmp_path):
     )
     dtypes = []
     model.lm_head.register_forward_hook(lambda module, inputs, out: dtypes.append(out.dtype))
+    values = []
+    trainer.value_head.register_forward_hook(lambda module, inputs, out: values.append(out.dtype))
     metrics = trainer.train_step()
     assert dtypes and set(dtypes) == {torch.bfloat16}  # rollouts, recompute and update
+    assert values and set(values) == {torch.float32}  # the value head stays in fp32
     assert all(p.dtype == torch.float32 for p in model.parameters())
     assert all(v == v for v in metrics.values() if isinstance(v, float)), metrics
     # bf16 rounding: the engine's and the recomputed pi_old agree only to bf16 precision.

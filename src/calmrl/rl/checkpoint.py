@@ -3,8 +3,9 @@
 Layout of ``RUN_DIR/checkpoints/step-000010/``: ``model/`` (``save_pretrained``, safetensors,
 loadable with ``from_pretrained``; with LoRA, peft's adapter files, loadable with
 ``PeftModel.from_pretrained``), ``trainer_state.pt`` (optimizer, LR scheduler, RNG states,
-global step, data cursor, counters, the value head for GAE). A checkpoint is written into a hidden temporary directory
-and renamed into place only when complete, so a crash mid-write leaves the previous one intact.
+global step, data cursor, counters, the value head for GAE). A checkpoint is written into a
+hidden temporary directory and renamed into place only when complete, so a crash mid-write
+leaves the previous one intact.
 """
 
 from __future__ import annotations

@@ -30,5 +30,6 @@ class ValueHead(nn.Module):
         return cls(head.weight.shape[1]).to(device=device, dtype=torch.float32)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        """``[N, T, H]`` hidden states -> ``[N, T]`` values (fp32)."""
-        return self.linear(hidden.float()).squeeze(-1)
+        """``[N, T, H]`` hidden states -> ``[N, T]`` values (fp32, also under autocast)."""
+        with torch.autocast(hidden.device.type, enabled=False):
+            return self.linear(hidden.float()).squeeze(-1)
