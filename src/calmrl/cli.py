@@ -366,12 +366,14 @@ def layer_entropy(
     problems = load_problems(dataset, limit=limit, seed=seed)
     lm, tokenizer = load_model(model)
     prompts = [format_prompt(tokenizer, p.question) for p in problems]
+    title = f"Layer entropy: {Path(model).name}, {dataset} ({len(problems)} x {n}, T={temperature})"
     summary = layer_entropy_report(
         lm, tokenizer, prompts, n=n, max_new_tokens=max_new_tokens, seed=seed,
-        out_dir=output, temperature=temperature,
+        out_dir=output, temperature=temperature, title=title,
     )  # fmt: skip
     for key, value in summary.items():
-        typer.echo(f"{key}: {value}")
+        if key != "rows":  # those are in the CSV
+            typer.echo(f"{key}: {value}")
 
 
 @app.command()

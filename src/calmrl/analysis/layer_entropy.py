@@ -132,6 +132,7 @@ def layer_entropy_report(
     seed: int = 0,
     out_dir: str | Path,
     temperature: float = 0.6,
+    title: str | None = None,
 ) -> dict:
     """Sample, measure, write ``layer_entropy.csv`` and ``layer_entropy.png``; return a summary."""
     rollouts = generate(
@@ -149,8 +150,10 @@ def layer_entropy_report(
     csv_path, png_path = out / "layer_entropy.csv", out / "layer_entropy.png"
     write_csv(rows, csv_path)
     lens = LogitLens.of(model)
-    name = getattr(model.config, "name_or_path", "") or model.config.model_type
-    plot(rows, png_path, vocab_size=lens.vocab_size, title=f"Layer entropy: {name}")
+    if title is None:
+        name = getattr(model.config, "name_or_path", "") or model.config.model_type
+        title = f"Layer entropy: {Path(name).name}"
+    plot(rows, png_path, vocab_size=lens.vocab_size, title=title)
     raw = [r for r in rows if not r.final_norm]
     top = max(raw, key=lambda r: r.entropy_mean)
     return {
