@@ -65,9 +65,18 @@ def test_layer_entropies_match_hand_recomputation(arch):
 
 def test_report_writes_csv_and_png(tmp_path, tiny):
     model, tokenizer = tiny
+    done: dict[str, list[int]] = {}
+
+    def progress(phase: str, advance: int, total: int) -> None:
+        done.setdefault(phase, [0, total])[0] += advance
+
     summary = layer_entropy_report(
-        model, tokenizer, PROMPTS[:2], n=2, max_new_tokens=6, seed=1, out_dir=tmp_path / "out"
-    )
+        model, tokenizer, PROMPTS[:2], n=2, max_new_tokens=6, seed=1, out_dir=tmp_path / "out",
+        progress=progress,
+    )  # fmt: skip
+    # The progress bars end full: 4 sampled rows, every layer twice (raw and normed).
+    layers = model.config.num_hidden_layers
+    assert done == {"sampling": [4, 4], "layers": [2 * (layers + 1), 2 * (layers + 1)]}
     with open(tmp_path / "out" / "layer_entropy.csv") as f:
         table = list(csv.DictReader(f))
     layers = model.config.num_hidden_layers

@@ -367,10 +367,18 @@ def layer_entropy(
     lm, tokenizer = load_model(model)
     prompts = [format_prompt(tokenizer, p.question) for p in problems]
     title = f"Layer entropy: {Path(model).name}, {dataset} ({len(problems)} x {n}, T={temperature})"
-    summary = layer_entropy_report(
-        lm, tokenizer, prompts, n=n, max_new_tokens=max_new_tokens, seed=seed,
-        out_dir=output, temperature=temperature, title=title,
-    )  # fmt: skip
+    with _progress() as bar:
+        tasks: dict[str, Any] = {}
+
+        def advance(phase: str, done: int, total: int) -> None:
+            if phase not in tasks:
+                tasks[phase] = bar.add_task(phase, total=total)
+            bar.advance(tasks[phase], done)
+
+        summary = layer_entropy_report(
+            lm, tokenizer, prompts, n=n, max_new_tokens=max_new_tokens, seed=seed,
+            out_dir=output, temperature=temperature, title=title, progress=advance,
+        )  # fmt: skip
     for key, value in summary.items():
         if key != "rows":  # those are in the CSV
             typer.echo(f"{key}: {value}")

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -32,6 +32,9 @@ from calmrl.schedules import ConstantSchedule
 
 # Tokens projected through lm_head at once: bounds memory to CHUNK x vocab floats.
 CHUNK = 256
+
+# progress(phase, advance, total): the CLI draws one bar per phase ("sampling", "layers").
+Progress = Callable[[str, int, int], None]
 
 
 @dataclass
@@ -68,7 +71,9 @@ def response_hidden_states(model: PreTrainedModel, rollouts: Rollouts) -> tuple[
 
 
 @torch.no_grad()
-def layer_entropies(model: PreTrainedModel, rollouts: Rollouts) -> list[LayerEntropy]:
+def layer_entropies(
+    model: PreTrainedModel, rollouts: Rollouts, progress: Progress | None = None
+) -> list[LayerEntropy]:
     """Mean/std entropy of each layer's posterior over the generated tokens, raw and normed."""
     lens = LogitLens.of(model)
     hidden = response_hidden_states(model, rollouts)
@@ -87,6 +92,8 @@ def layer_entropies(model: PreTrainedModel, rollouts: Rollouts) -> list[LayerEnt
                     tokens=len(entropy),
                 )
             )
+            if progress:
+                progress("layers", 1, 2 * len(hidden))
     return rows
 
 
@@ -133,6 +140,7 @@ def layer_entropy_report(
     out_dir: str | Path,
     temperature: float = 0.6,
     title: str | None = None,
+    progress: Progress | None = None,
 ) -> dict:
     """Sample, measure, write ``layer_entropy.csv`` and ``layer_entropy.png``; return a summary."""
     rollouts = generate(
@@ -143,8 +151,9 @@ def layer_entropy_report(
         n=n,
         max_new_tokens=max_new_tokens,
         seed=seed,
+        progress=(lambda done: progress("sampling", done, len(prompts) * n)) if progress else None,
     )
-    rows = layer_entropies(model, rollouts)
+    rows = layer_entropies(model, rollouts, progress)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     csv_path, png_path = out / "layer_entropy.csv", out / "layer_entropy.png"
