@@ -62,7 +62,7 @@ class RolloutConfig(_Section):
     """constant | ead | ead-paper | ead-official | reverse-ead | ead-entropy | led."""
     params: dict[str, Any] = Field(default_factory=dict)
     """Method parameters, e.g. {tau: 1.0} for constant, {tau_min: 0.8} for EAD, {depth: 8} LED,
-    {entropy_ref: 0.8} for ead-entropy."""
+    {entropy_ref: 0.3} for ead-entropy."""
     n: int = Field(8, ge=1)
     """Rollouts per prompt (the GRPO group size G)."""
     prompts_per_step: int = Field(8, ge=1)
