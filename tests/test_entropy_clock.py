@@ -55,6 +55,22 @@ def test_certain_tokens_do_not_spend_the_exploration_budget():
     assert torch.all(taus[0, 7:].diff() <= 0)  # annealing never reverses
 
 
+@pytest.mark.parametrize("weight", [0.0, 0.5, 1.0])
+def test_position_weight_mixes_position_and_entropy_clocks(weight):
+    schedule = EADSchedule(d0=8.0, warmup_tokens=0)
+    generator = torch.Generator().manual_seed(3)
+    logits = [torch.randn(2, 30, generator=generator) * 3 for _ in range(12)]
+    sampler = EntropyClockSampler(schedule, entropy_ref=0.7, position_weight=weight)
+    taus = run(sampler, logits)
+    entropies = torch.stack([entropy(x) for x in logits], dim=1)  # [rows, steps]
+    increments = weight + (1 - weight) * entropies / 0.7
+    clock = torch.cumsum(increments, dim=1) - increments
+    torch.testing.assert_close(taus, schedule.annealed(clock, 0).float(), atol=1e-5, rtol=0)
+    if weight == 1.0:  # the position clock: EAD whatever the entropies
+        expected = schedule.temperatures(torch.arange(12), 0)
+        torch.testing.assert_close(taus, expected.expand(2, 12), atol=1e-5, rtol=0)
+
+
 def test_rows_keep_their_own_clock_when_the_batch_is_compacted():
     schedule = EADSchedule(d0=3.0, warmup_tokens=0)
     sampler = EntropyClockSampler(schedule, entropy_ref=1.0)
@@ -111,6 +127,7 @@ def test_engine_records_exact_behaviour_logprobs_and_clock_temperatures():
         ({"entropy_ref": float("inf")}, "schedule.entropy_ref"),
         ({"depth": 3}, "schedule.depth: not a parameter of 'ead-entropy'; allowed: .*entropy_ref"),
         ({"tau_min": -1.0}, "schedule.tau_min"),
+        ({"position_weight": 1.5}, "schedule.position_weight: must lie in"),
     ],
 )
 def test_invalid_parameters_name_the_field(params, message):

@@ -7,17 +7,19 @@ names a schedule driven by the model's entropy as future work. This one replaces
 ``t`` by an *entropy clock*, the policy's tau = 1 entropy accumulated over the prefix, measured
 in units of a reference entropy::
 
-    clock_t = sum_{s < t} H_s / H_ref            H_s: entropy of pi(. | y_<s) at tau = 1
+    clock_t = sum_{s < t} [w + (1 - w) H_s / H_ref]    H_s: entropy of pi(. | y_<s) at tau = 1
     tau_t   = 1                                  for t < c (the warm-up, in tokens, as EAD)
     tau_t   = max(1 + tau_max - exp(clock_t / d_s), tau_min)   otherwise
 
-Near-deterministic tokens (``H ~ 0``) leave the clock where it is, so exploration is kept for
-the first tokens where the model is actually uncertain; a rollout whose every token has entropy
-``H_ref`` gets exactly EAD's temperatures. ``tau_t`` depends only on the prefix, so the
-behaviour policy is still autoregressive and the engine's behaviour log-probs stay exact (TIS
-applies unchanged). The step-aware decay ``d_s`` and every EAD parameter carry over; the one new
-parameter, ``entropy_ref``, should be near the model's mean token entropy (the trainer logs it
-as ``rollout/entropy_mean``): smaller anneals faster than EAD, larger slower.
+With ``w = position_weight = 0`` near-deterministic tokens (``H ~ 0``) leave the clock where it
+is, so exploration is kept for the first tokens where the model is actually uncertain; a rollout
+whose every token has entropy ``H_ref`` gets exactly EAD's temperatures, and so does any rollout
+with ``w = 1``. In between, the clock always advances by at least ``w`` per token, so a long
+near-certain stretch (e.g. copying the answer) still anneals. ``tau_t`` depends only on the
+prefix, so the behaviour policy is still autoregressive and the engine's behaviour log-probs
+stay exact (TIS applies unchanged). The step-aware decay ``d_s`` and every EAD parameter carry
+over; ``entropy_ref`` should be near the model's mean token entropy (the trainer logs it as
+``rollout/entropy_mean``): smaller anneals faster than EAD, larger slower.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from calmrl.schedules import EADSchedule
 class EntropyClockSampler:
     schedule: EADSchedule = field(default_factory=EADSchedule)
     entropy_ref: float = 1.0
+    position_weight: float = 0.0
     top_k: int | None = None
     top_p: float | None = None
     min_p: float | None = None
@@ -48,6 +51,9 @@ class EntropyClockSampler:
             raise ValueError(
                 f"schedule.entropy_ref: must be a positive number of nats, got {self.entropy_ref}"
             )
+        w = self.position_weight
+        if isinstance(w, bool) or not isinstance(w, int | float) or not 0 <= w <= 1:
+            raise ValueError(f"schedule.position_weight: must lie in [0, 1], got {w}")
         validate_truncation(self.top_k, self.top_p, self.min_p)
 
     def reset(self, batch_size: int, device: torch.device) -> None:
@@ -74,4 +80,5 @@ class EntropyClockSampler:
         return log_probs, tau
 
     def update(self, tokens: torch.Tensor, rows: torch.Tensor) -> None:
-        self._clock[rows] += self._entropy.to(self._clock) / self.entropy_ref
+        w = self.position_weight
+        self._clock[rows] += w + (1 - w) * self._entropy.to(self._clock) / self.entropy_ref

@@ -34,16 +34,16 @@ def make_sampler(
             raise ValueError("method: 'led' needs the model to read its layers")
         return LEDSampler.for_model(model, **params)
     if method == ENTROPY_CLOCK:
-        known = sorted({f.name for f in fields(EADSchedule)} | {"entropy_ref"})
+        known = sorted({f.name for f in fields(EADSchedule)} | {"entropy_ref", "position_weight"})
         unknown = sorted(set(params) - set(known))
         if unknown:
             raise ValueError(
                 f"schedule.{unknown[0]}: not a parameter of {method!r}; allowed: {', '.join(known)}"
             )
-        entropy_ref = params.pop("entropy_ref", 1.0)
+        clock = {k: params.pop(k) for k in ("entropy_ref", "position_weight") if k in params}
         return EntropyClockSampler(
             make_schedule("ead-paper", **params),
-            entropy_ref=entropy_ref,
+            **clock,
             top_k=top_k,
             top_p=top_p,
             min_p=min_p,
