@@ -26,7 +26,7 @@ def run(sampler: EntropyClockSampler, logits_per_step, step: int = 0) -> torch.T
     for t, logits in enumerate(logits_per_step):
         positions = torch.full((len(rows),), t)
         _, tau = sampler.behaviour_log_probs(logits, positions, step, None, rows)
-        sampler.update(logits.argmax(-1), rows)
+        sampler.update(logits.argmax(-1), rows, entropy(logits))
         taus.append(tau)
     return torch.stack(taus, dim=1)
 
@@ -77,17 +77,17 @@ def test_rows_keep_their_own_clock_when_the_batch_is_compacted():
     sampler.reset(3, torch.device("cpu"))
     uniform = torch.zeros(3, 4)  # entropy log 4 each
     sampler.behaviour_log_probs(uniform, torch.zeros(3), 0, None, torch.arange(3))
-    sampler.update(torch.zeros(3), torch.arange(3))
+    sampler.update(torch.zeros(3), torch.arange(3), entropy(uniform))
     # Row 1 finished: only rows 0 and 2 remain, in that order.
     rows = torch.tensor([0, 2])
     _, tau = sampler.behaviour_log_probs(torch.zeros(2, 4), torch.ones(2), 0, None, rows)
     expected = schedule.annealed(torch.tensor([math.log(4)] * 2), 0).float()
     torch.testing.assert_close(tau, expected)
-    sampler.update(torch.zeros(2), rows)
+    sampler.update(torch.zeros(2), rows, entropy(torch.zeros(2, 4)))
     # Row 2 then sees a certain token; row 0 an uncertain one: their clocks part.
     logits = torch.tensor([[0.0, 0.0, 0.0, 0.0], [0.0, -1e4, -1e4, -1e4]])
     sampler.behaviour_log_probs(logits, torch.full((2,), 2), 0, None, rows)
-    sampler.update(torch.zeros(2), rows)
+    sampler.update(torch.zeros(2), rows, entropy(logits))
     _, tau = sampler.behaviour_log_probs(torch.zeros(2, 4), torch.full((2,), 3), 0, None, rows)
     expected = schedule.annealed(torch.tensor([3 * math.log(4), 2 * math.log(4)]), 0).float()
     torch.testing.assert_close(tau, expected)

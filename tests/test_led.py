@@ -230,7 +230,7 @@ def test_think_only_gate_closes_after_the_token_per_output_row():
 
     first = step(torch.arange(3))
     assert all(not torch.allclose(p, keep) for p in first)  # the end token itself is explored
-    sampler.update(torch.tensor([end, 1, end]), torch.arange(3))
+    sampler.update(torch.tensor([end, 1, end]), torch.arange(3), torch.zeros(3))
     # The batch was compacted to output rows 1 and 2: only row 2 has closed its gate.
     second = step(torch.tensor([1, 2]))
     torch.testing.assert_close(second[0], first[1])

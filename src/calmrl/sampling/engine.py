@@ -53,7 +53,9 @@ class TokenSampler(Protocol):
         """``logits`` [R, V] for batch rows ``rows`` -> (log-probs [R, V], temperatures [R])."""
         ...
 
-    def update(self, tokens: torch.Tensor, rows: torch.Tensor) -> None: ...
+    def update(self, tokens: torch.Tensor, rows: torch.Tensor, entropies: torch.Tensor) -> None:
+        """After sampling ``tokens`` for ``rows``; ``entropies`` is the step's tau = 1 entropy."""
+        ...
 
 
 @dataclass
@@ -86,7 +88,7 @@ class TemperatureSampler:
         )
         return log_probs, tau
 
-    def update(self, tokens: torch.Tensor, rows: torch.Tensor) -> None:
+    def update(self, tokens: torch.Tensor, rows: torch.Tensor, entropies: torch.Tensor) -> None:
         pass
 
 
@@ -284,7 +286,7 @@ def _generate_batch(
         }
         for name, value in values.items():
             record[name][active, t] = torch.where(running, value, 0.0)
-        sampler.update(token, active)
+        sampler.update(token, active, entropy)
 
         hit_eos = running & torch.isin(token, eos_ids)
         for i in hit_eos.nonzero().flatten().tolist():

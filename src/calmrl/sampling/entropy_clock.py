@@ -43,7 +43,6 @@ class EntropyClockSampler:
     min_p: float | None = None
     needs_hidden_states: bool = False
     _clock: torch.Tensor | None = field(default=None, init=False, repr=False)
-    _entropy: torch.Tensor | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         ref = self.entropy_ref
@@ -69,8 +68,6 @@ class EntropyClockSampler:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if self._clock is None:
             raise RuntimeError("EntropyClockSampler: call reset() before sampling")
-        log_p = logits.float().log_softmax(-1)
-        self._entropy = (-(log_p.exp() * log_p).sum(-1)).clamp(min=0)
         annealed = self.schedule.annealed(self._clock[rows], step)
         warm = positions.to(annealed.device) < self.schedule.warmup_tokens
         tau = torch.where(warm, torch.ones_like(annealed), annealed).float().to(logits.device)
@@ -79,6 +76,7 @@ class EntropyClockSampler:
         )
         return log_probs, tau
 
-    def update(self, tokens: torch.Tensor, rows: torch.Tensor) -> None:
+    def update(self, tokens: torch.Tensor, rows: torch.Tensor, entropies: torch.Tensor) -> None:
+        # The engine's tau = 1 entropy of this step: the clock needs no softmax of its own.
         w = self.position_weight
-        self._clock[rows] += w + (1 - w) * self._entropy.to(self._clock) / self.entropy_ref
+        self._clock[rows] += w + (1 - w) * entropies.to(self._clock) / self.entropy_ref

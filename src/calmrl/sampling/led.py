@@ -177,7 +177,7 @@ class LEDSampler:
     def reset(self, batch_size: int, device: torch.device) -> None:
         self._thinking = torch.ones(batch_size, dtype=torch.bool, device=device)
 
-    def update(self, tokens: torch.Tensor, rows: torch.Tensor) -> None:
+    def update(self, tokens: torch.Tensor, rows: torch.Tensor, entropies: torch.Tensor) -> None:
         if self.think_only:
             self._thinking[rows] &= tokens != self.end_think_token_id
 
