@@ -24,7 +24,7 @@ import torch
 from calmrl.models import load_model
 from calmrl.sampling import generate
 from calmrl.sampling.led import LEDSampler
-from calmrl.schedules import ConstantSchedule
+from calmrl.sampling.schedules import ConstantSchedule
 
 PROMPT = "Q: 12+7=?\nA: 19\nQ: 23+45=?\nA: 68\nQ: {a}+{b}=?\nA:"
 

@@ -28,7 +28,7 @@ from calmrl.data import load_problems
 from calmrl.data.prompts import format_prompt
 from calmrl.models import load_model
 from calmrl.sampling import generate
-from calmrl.schedules import PRESETS, ConstantSchedule
+from calmrl.sampling.schedules import PRESETS, ConstantSchedule
 
 
 def main() -> None:

@@ -46,7 +46,6 @@ Debug run (tiny): ``--prompts 1 --n 2 --max-new-tokens 8 --micro-batch 2 --steps
 from __future__ import annotations
 
 import argparse
-import functools
 import importlib.metadata
 import multiprocessing as mp
 import os
@@ -88,15 +87,10 @@ def _step_result(
 
 def _calmrl_worker(name: str, args: argparse.Namespace, conn, output_dir: str) -> dict[str, Any]:
     from calmrl.config import load_config
-    from calmrl.rl import trainer as trainer_module
     from calmrl.rl.trainer import Trainer
 
-    if name == "calmrl-noshare":
-        trainer_module.response_logprobs = functools.partial(
-            trainer_module.response_logprobs, share_prompts=False
-        )
-
     overrides = [
+        f"algorithm.share_prompt_forward={name != 'calmrl-noshare'}",
         f"data.train={args.task}",
         f"data.train_limit={args.prompts}",
         f"data.few_shot={args.task}",

@@ -35,7 +35,6 @@ from calmrl.data import few_shot_examples, load_problems
 from calmrl.data.prompts import MATH_SUFFIX, format_prompt
 from calmrl.eval.compare import (
     MethodSpec,
-    build_samplers,
     compare_methods,
     default_ks,
     format_ci,
@@ -46,6 +45,7 @@ from calmrl.eval.metrics import bootstrap_ci
 from calmrl.eval.runner import EvalResult, per_problem_metrics, rescore
 from calmrl.models import load_model
 from calmrl.rewards import MathVerifier
+from calmrl.sampling import HFBackend
 
 METHODS = [
     "T0.6=constant:tau=0.6",
@@ -155,18 +155,17 @@ def run_setting(
         print(f"  {spec.label}: {done}/{len(problems)} acc {accuracy:.3f}", flush=True)
 
     return compare_methods(
-        model,
-        tokenizer,
+        HFBackend(model, tokenizer, batch_size=args.batch_size),
         problems,
         args.specs,
-        build_samplers(args.specs, model),
+        [spec.to_method() for spec in args.specs],
         prompts=prompts,
-        reward_fn=verifier,
+        verifier=verifier,
         n=args.n,
         ks=default_ks(args.n),
         max_new_tokens=max_new_tokens,
         seed=args.seed,
-        batch_size=args.batch_size,
+        chunk_rows=args.batch_size,
         keep_responses=True,
         config={"model": args.model, "dataset": dataset, "limit": len(problems)},
         progress=show,

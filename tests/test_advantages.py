@@ -9,6 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from calmrl.rewards.shaping import overlong_penalty
 from calmrl.rl.advantages import (
     broadcast_to_tokens,
     dapo_group_filter,
@@ -17,7 +18,6 @@ from calmrl.rl.advantages import (
     gae_advantages,
     grpo_advantages,
     outcome_token_rewards,
-    overlong_penalty,
     rloo_advantages,
 )
 

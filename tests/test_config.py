@@ -28,9 +28,13 @@ def test_parse_overrides_nests_and_parses_values():
 
 BAD = [
     (["rollout.methd=ead"], "rollout.methd: unknown key"),
-    (["rollout.method=annealing"], "schedule.name"),
-    (["rollout.params.tau_maxx=1"], "schedule.tau_maxx"),
-    (["rollout.params.tau_min=0"], "schedule.tau_min"),
+    (["rollout.method=annealing"], "rollout.method: unknown method 'annealing'"),
+    (["rollout.params.tau_maxx=1"], "rollout.params.tau_maxx: not a parameter"),
+    (["rollout.params.tau_min=0"], "rollout.params.tau_min: "),
+    (["rollout.params.tau_min=2"], "rollout.params.tau_max: must be >= tau_min"),
+    (["rollout.backend=sglang"], "rollout.backend: unknown 'sglang'"),
+    (["train.eval_method=hot"], "train.eval_method: unknown method 'hot'"),
+    (["train.eval_params.tau=0"], "train.eval_params.tau: must be > 0"),
     (["rollout.n=0"], "rollout.n"),
     (["rollout.top_p=1.5"], "rollout.top_p"),
     (["rollout.max_new_tokens=-3"], "rollout.max_new_tokens"),
@@ -47,11 +51,27 @@ BAD = [
     (["algorithm.loss=reinforce"], "algorithm.loss"),
     (["model.dtype=int8"], "model.dtype"),
     (["train.steps=0"], "train.steps"),
-    (["train.eval_k=[1,16]", "train.eval_n=8"], "train"),
+    (["train.eval_k=[1,16]", "train.eval_n=8"], "train.eval_k: values [16]"),
     (["trainer.steps=3"], "trainer: unknown key"),
     (["steps"], "overrides look like"),
     (["train..steps=3"], "overrides look like"),
 ]
+
+
+def test_config_accepts_every_registered_name():
+    """The config reads its choices from the registries, so nothing drifts from the code."""
+    from calmrl.rl.losses import KL_KINDS, POLICY_LOSSES
+    from calmrl.rl.reductions import AGG_MODES
+    from calmrl.sampling import method_names
+
+    for agg in AGG_MODES:
+        assert load_config(None, [f"algorithm.agg={agg}"]).algorithm.agg == agg
+    for kind in (*KL_KINDS, "k3+"):
+        assert load_config(None, [f"algorithm.kl_kind={kind}"]).algorithm.kl_kind == kind
+    for loss in POLICY_LOSSES.names():
+        assert load_config(None, [f"algorithm.loss={loss}"]).algorithm.loss == loss
+    for method in method_names():
+        assert load_config(None, [f"rollout.method={method}"]).rollout.method == method
 
 
 @pytest.mark.parametrize(("overrides", "message"), BAD, ids=[b[0][0] for b in BAD])

@@ -10,7 +10,7 @@ from calmrl.models import tiny_model
 from calmrl.sampling import generate, sampling_log_probs
 from calmrl.sampling.entropy_clock import EntropyClockSampler
 from calmrl.sampling.methods import make_sampler
-from calmrl.schedules import EADSchedule
+from calmrl.sampling.schedules import EADSchedule
 
 
 def entropy(logits: torch.Tensor) -> torch.Tensor:
@@ -123,18 +123,18 @@ def test_engine_records_exact_behaviour_logprobs_and_clock_temperatures():
 @pytest.mark.parametrize(
     ("params", "message"),
     [
-        ({"entropy_ref": 0.0}, "schedule.entropy_ref: must be a positive"),
-        ({"entropy_ref": float("inf")}, "schedule.entropy_ref"),
-        ({"depth": 3}, "schedule.depth: not a parameter of 'ead-entropy'; allowed: .*entropy_ref"),
-        ({"tau_min": -1.0}, "schedule.tau_min"),
-        ({"position_weight": 1.5}, "schedule.position_weight: must lie in"),
+        ({"entropy_ref": 0.0}, "params.entropy_ref: must be a positive"),
+        ({"entropy_ref": float("inf")}, "params.entropy_ref"),
+        ({"depth": 3}, "params.depth: not a parameter of 'ead-entropy'; allowed: .*entropy_ref"),
+        ({"tau_min": -1.0}, "params.tau_min"),
+        ({"position_weight": 1.5}, "params.position_weight: must lie in"),
     ],
 )
 def test_invalid_parameters_name_the_field(params, message):
     with pytest.raises(ValueError, match=message):
         make_sampler("ead-entropy", params)
     override = "{" + ", ".join(f"{k}: {v}" for k, v in params.items()) + "}"
-    with pytest.raises(ConfigError, match="schedule"):
+    with pytest.raises(ConfigError, match="rollout." + message):
         load_config(None, ["rollout.method=ead-entropy", f"rollout.params={override}"])
 
 

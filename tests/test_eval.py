@@ -17,7 +17,7 @@ from calmrl.data.prompts import format_prompt
 from calmrl.eval.compare import default_ks, parse_ks, parse_method_spec, parse_method_specs
 from calmrl.eval.metrics import bootstrap_ci, maj_at_k, mean_at_k, pass_at_k, worst_at_k
 from calmrl.eval.runner import EvalResult, evaluate, rescore, score_problem
-from calmrl.sampling.methods import make_sampler
+from calmrl.sampling import HFBackend, Method
 
 
 class LengthVerifier:
@@ -124,17 +124,16 @@ def test_score_problem_counts_and_classes():
 def run_tiny_eval(tiny, problems, *, n=4, batch_size=8, seed=0, verifier=None, **kwargs):
     model, tokenizer = tiny
     return evaluate(
-        model,
-        tokenizer,
+        HFBackend(model, tokenizer),
         problems,
-        make_sampler("constant", {"tau": 1.0}),
+        Method("constant", {"tau": 1.0}),
         prompts=[format_prompt(tokenizer, p.question) for p in problems],
-        reward_fn=verifier or LengthVerifier(),
+        verifier=verifier or LengthVerifier(),
         n=n,
         ks=default_ks(n),
         max_new_tokens=12,
         seed=seed,
-        batch_size=batch_size,
+        chunk_rows=batch_size,
         keep_responses=True,
         **kwargs,
     )
@@ -185,11 +184,11 @@ def test_rescore_grades_stored_responses(tiny):
 def test_evaluate_rejects_bad_input(tiny, count, prompts, ks, message):
     with pytest.raises(ValueError, match=message):
         evaluate(
-            *tiny,
+            HFBackend(*tiny),
             problems_with_gold(count),
-            make_sampler("constant"),
+            Method("constant"),
             prompts=prompts,
-            reward_fn=LengthVerifier(),
+            verifier=LengthVerifier(),
             n=2,
             ks=ks,
             max_new_tokens=4,
@@ -203,7 +202,7 @@ def test_plot_draws_every_method_on_each_figure(tiny, tmp_path, monkeypatch):
     problems = problems_with_gold(2)
     files = []
     for label, seed in (("first", 0), ("second", 1)):
-        result = run_tiny_eval(tiny, problems, seed=seed, method=label)
+        result = run_tiny_eval(tiny, problems, seed=seed, label=label)
         files.append(tmp_path / f"{label}.json")
         files[-1].write_text(json.dumps(result.to_dict()))
     figures = []

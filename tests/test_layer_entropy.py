@@ -8,8 +8,8 @@ import torch
 
 from calmrl.analysis.layer_entropy import layer_entropies, layer_entropy_report
 from calmrl.models import tiny_model
-from calmrl.sampling import generate
-from calmrl.schedules import ConstantSchedule
+from calmrl.sampling import HFBackend, generate
+from calmrl.sampling.schedules import ConstantSchedule
 
 PROMPTS = ["hi", "a longer prompt, left padded", "7+8="]
 
@@ -70,8 +70,9 @@ def test_report_writes_csv_and_png(tmp_path, tiny):
     def progress(phase: str, advance: int, total: int) -> None:
         done.setdefault(phase, [0, total])[0] += advance
 
+    backend = HFBackend(model, tokenizer)
     summary = layer_entropy_report(
-        model, tokenizer, PROMPTS[:2], n=2, max_new_tokens=6, seed=1, out_dir=tmp_path / "out",
+        model, backend, PROMPTS[:2], n=2, max_new_tokens=6, seed=1, out_dir=tmp_path / "out",
         progress=progress,
     )  # fmt: skip
     # The progress bars end full: 4 sampled rows, every layer twice (raw and normed).

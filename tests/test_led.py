@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from calmrl.models import tiny_model
+from calmrl.models import LogitLens, tiny_model
 from calmrl.sampling import generate
-from calmrl.sampling.led import LEDSampler, LogitLens, depth_posterior
+from calmrl.sampling.led import LEDSampler, depth_posterior
 
 PROMPTS = ["hi", "a much longer prompt that needs left padding", "7+8="]
 

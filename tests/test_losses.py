@@ -9,19 +9,17 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from calmrl.models.functional import entropy_from_logits
+from calmrl.rl.importance import tis_weights
 from calmrl.rl.losses import (
-    AGG_MODES,
-    aggregate,
     clip_cov_policy_loss,
-    entropy_from_logits,
     entropy_regularization,
     kl_cov_policy_loss,
     kl_penalty,
-    masked_mean,
     policy_loss,
-    tis_weights,
     value_loss,
 )
+from calmrl.rl.reductions import AGG_MODES, aggregate, masked_mean
 
 # --- aggregation -----------------------------------------------------------------------------
 

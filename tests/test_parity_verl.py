@@ -14,8 +14,11 @@ import numpy as np
 import pytest
 import torch
 
+from calmrl.models.functional import entropy_from_logits
 from calmrl.rl import advantages as adv
 from calmrl.rl import losses
+from calmrl.rl.importance import tis_weights
+from calmrl.rl.reductions import aggregate
 
 pytestmark = pytest.mark.parity
 
@@ -140,7 +143,7 @@ def test_gae_advantages(verl: SimpleNamespace, gamma: float, lam: float) -> None
 def test_aggregate(verl: SimpleNamespace, mode: str) -> None:
     b = _batch(4)
     expected = verl.core.agg_loss(b["advantages"], b["mask"], mode)
-    torch.testing.assert_close(losses.aggregate(b["advantages"], b["mask"], mode), expected, **TOL)
+    torch.testing.assert_close(aggregate(b["advantages"], b["mask"], mode), expected, **TOL)
 
 
 @pytest.mark.parametrize(
@@ -168,8 +171,8 @@ def test_kl_penalty(verl: SimpleNamespace, kind: str) -> None:
 def test_entropy_from_logits(verl: SimpleNamespace) -> None:
     logits = _batch(6)["logits"].double()
     expected = verl.F.entropy_from_logits(logits)
-    torch.testing.assert_close(losses.entropy_from_logits(logits), expected, **TOL)
-    ours_err = (losses.entropy_from_logits(logits.float()) - expected).abs().max()
+    torch.testing.assert_close(entropy_from_logits(logits), expected, **TOL)
+    ours_err = (entropy_from_logits(logits.float()) - expected).abs().max()
     verl_err = (verl.F.entropy_from_logits(logits.float()) - expected).abs().max()
     assert ours_err <= verl_err
 
@@ -180,7 +183,7 @@ def test_entropy_loss(verl: SimpleNamespace, mode: str) -> None:
     b["logits"] = b["logits"].double()
     b["mask"] = b["mask"].double()
     expected = verl.core.compute_entropy_loss(b["logits"], b["mask"], mode)
-    entropy = losses.entropy_from_logits(b["logits"])
+    entropy = entropy_from_logits(b["logits"])
     ours = losses.entropy_regularization(entropy, b["mask"], coef=-1.0, agg=mode)
     torch.testing.assert_close(ours, expected, **TOL)
 
@@ -337,7 +340,7 @@ def test_tis_weights(verl: SimpleNamespace, level: str, mode: str) -> None:
     expected, their_metrics = verl.rollout_corr.compute_rollout_correction_weights(
         log_ratio, mask, rollout_is=level, rollout_is_threshold=threshold
     )
-    ours, diagnostics = losses.tis_weights(
+    ours, diagnostics = tis_weights(
         b["old_logprobs"], behaviour, mask, cap=2.0, level=level, mode=mode
     )
     assert 0 < diagnostics["tis_frac_truncated"] < 1, "the case must exercise the cap"

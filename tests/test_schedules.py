@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from calmrl.schedules import (
+from calmrl.sampling.schedules import (
     PRESETS,
     ConstantSchedule,
     EADSchedule,
@@ -123,21 +123,21 @@ def test_mixed_positions_in_one_batch():
     ],
 )
 def test_invalid_parameters_raise_naming_the_field(kwargs, field):
-    with pytest.raises(ValueError, match=rf"schedule\.{field}"):
+    with pytest.raises(ValueError, match=rf"params\.{field}"):
         EADSchedule(**kwargs)
-    with pytest.raises(ValueError, match=rf"schedule\.{field}"):
+    with pytest.raises(ValueError, match=rf"params\.{field}"):
         ReverseEADSchedule(**kwargs)
 
 
 def test_constant_and_make_schedule():
     assert ConstantSchedule(0.6).temperatures(torch.arange(4)).tolist() == pytest.approx([0.6] * 4)
-    with pytest.raises(ValueError, match="schedule.tau"):
+    with pytest.raises(ValueError, match="params.tau"):
         ConstantSchedule(0.0)
     assert make_schedule("ead-official") == EADSchedule(time_scale=20.0)
     assert make_schedule("ead-paper", tau_min=0.8) == EADSchedule(tau_min=0.8)
     assert make_schedule("ead", d0=5.0) == EADSchedule(d0=5.0)
     assert make_schedule("constant", tau=0.6) == ConstantSchedule(0.6)
-    with pytest.raises(ValueError, match="schedule.name"):
+    with pytest.raises(ValueError, match="method: unknown schedule"):
         make_schedule("annealing")
-    with pytest.raises(ValueError, match="schedule.tau_maxx"):
+    with pytest.raises(ValueError, match="params.tau_maxx"):
         make_schedule("ead", tau_maxx=1.0)

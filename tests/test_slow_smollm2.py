@@ -6,7 +6,7 @@ import torch
 from calmrl.data.prompts import format_prompt
 from calmrl.models import cache_dir, load_model, resolve_model_path
 from calmrl.sampling import generate
-from calmrl.schedules import EADSchedule
+from calmrl.sampling.schedules import EADSchedule
 
 pytestmark = pytest.mark.slow
 

@@ -13,6 +13,9 @@ import typer
 import yaml
 
 from calmrl.models import DEFAULT_MODEL
+from calmrl.sampling.methods import method_names
+
+METHODS = " | ".join(method_names())
 
 app = typer.Typer(
     help="Exploration for RL with verifiable rewards: EAD, LED, entropy-shaped advantages.",
@@ -62,12 +65,7 @@ def sample(
     model: Annotated[str, typer.Option(help="Built-in name, .gguf, HF dir or hub id.")] = (
         DEFAULT_MODEL
     ),
-    method: Annotated[
-        str,
-        typer.Option(
-            help="constant | ead | ead-paper | ead-official | reverse-ead | ead-entropy | led"
-        ),
-    ] = "ead-paper",
+    method: Annotated[str, typer.Option(help=f"Sampling method: {METHODS}.")] = "ead-paper",
     param: Annotated[
         list[str] | None, typer.Option("--param", "-p", help="Method parameter key=value.")
     ] = None,
@@ -92,12 +90,11 @@ def sample(
     """Sample responses with a temperature schedule (EAD) or LED, recording exact log-probs."""
     from rich.console import Console
 
-    from calmrl.data import few_shot_examples, load_problems
-    from calmrl.data.prompts import MATH_SUFFIX, format_prompt
+    from calmrl.data import load_problems
+    from calmrl.data.prompts import PromptFormat
     from calmrl.io import write_jsonl
     from calmrl.models import load_model
-    from calmrl.sampling import generate
-    from calmrl.sampling.methods import make_sampler
+    from calmrl.sampling import HFBackend, Method
 
     questions = list(prompt or [])
     if prompts_file is not None:
@@ -107,31 +104,26 @@ def sample(
         questions += [p.question for p in problems]
     if not questions:
         raise UsageError("--prompt/--prompts-file: give at least one prompt")
-    params = parse_params(param)
+    # Check the method before the model loads; LED's values are checked against its layers.
+    try:
+        sampling = Method(method, parse_params(param), top_k=top_k, top_p=top_p, min_p=min_p)
+    except ValueError as error:
+        raise UsageError(f"--method {method!r}: {error}") from None
+    prompt_format = PromptFormat.build(system=system, math_suffix=math_suffix, few_shot=few_shot)
     console = Console(stderr=True)
     console.print(f"loading [bold]{model}[/]")
-    truncation = {"top_k": top_k, "top_p": top_p, "min_p": min_p}
-    # Check the method before the model loads; LED's checks need the model's layers.
-    sampler = None if method == "led" else make_sampler(method, params, **truncation)
     lm, tokenizer = load_model(model)
-    sampler = sampler or make_sampler(method, params, model=lm, **truncation)
-    shots = few_shot_examples(few_shot) if few_shot else ()
-    suffix = MATH_SUFFIX if math_suffix else None
-    texts = [
-        format_prompt(tokenizer, q, system=system, suffix=suffix, few_shot=shots) for q in questions
-    ]
+    backend = HFBackend(lm, tokenizer, batch_size=batch_size)
+    backend.check(sampling)
     with _progress() as bar:
-        task = bar.add_task(f"sampling ({method})", total=len(texts) * n)
-        rollouts = generate(
-            lm,
-            tokenizer,
-            texts,
-            sampler,
+        task = bar.add_task(f"sampling ({method})", total=len(questions) * n)
+        rollouts = backend.generate(
+            prompt_format.render_all(tokenizer, questions),
+            sampling,
             n=n,
             max_new_tokens=max_new_tokens,
             seed=seed,
             step=step,
-            batch_size=batch_size,
             progress=lambda k: bar.advance(task, k),
         )
     records = rollouts.to_records(with_tokens=with_tokens)
@@ -147,8 +139,7 @@ def sample(
 
 EVAL_METHOD_HELP = (
     "Method to compare; repeat. Syntax \\[label=]method\\[:key=value,...], e.g. constant:tau=0.6, "
-    "ead-paper, ead:tau_max=1.2,time_scale=20, hot=constant:tau=1.2. Methods: constant | ead | "
-    "ead-paper | ead-official | reverse-ead | ead-entropy | led."
+    f"ead-paper, ead:tau_max=1.2,time_scale=20, hot=constant:tau=1.2. Methods: {METHODS}."
 )
 
 
@@ -200,10 +191,9 @@ def eval_(
     from rich.table import Table
 
     from calmrl.analysis.plots import plot_eval_results
-    from calmrl.data import few_shot_examples, load_problems
-    from calmrl.data.prompts import MATH_SUFFIX, format_prompt
+    from calmrl.data import load_problems
+    from calmrl.data.prompts import PromptFormat
     from calmrl.eval.compare import (
-        build_samplers,
         compare_methods,
         format_ci,
         parse_ks,
@@ -213,23 +203,26 @@ def eval_(
     )
     from calmrl.models import load_model
     from calmrl.rewards import get_reward
+    from calmrl.sampling import HFBackend
 
     # Everything the user typed is checked before the model loads and before anything is written.
     specs = parse_method_specs(method)
+    methods = [s.to_method(top_k=top_k, top_p=top_p, min_p=min_p) for s in specs]
     ks = parse_ks(k, n)
-    shots = few_shot_examples(few_shot) if few_shot else ()
+    prompt_format = PromptFormat.build(system=system, math_suffix=math_suffix, few_shot=few_shot)
     problems = load_problems(dataset, limit=limit, seed=data_seed)
     if not problems:
         raise UsageError(f"--dataset: {dataset!r} gave no problems")
     console = Console(stderr=True)
     console.print(f"loading [bold]{model}[/]")
     lm, tokenizer = load_model(model)
-    samplers = build_samplers(specs, lm, top_k=top_k, top_p=top_p, min_p=min_p)
-    suffix = MATH_SUFFIX if math_suffix else None
-    prompts = [
-        format_prompt(tokenizer, p.question, system=system, suffix=suffix, few_shot=shots)
-        for p in problems
-    ]
+    backend = HFBackend(lm, tokenizer, batch_size=batch_size)
+    for spec, sampling in zip(specs, methods, strict=True):
+        try:
+            backend.check(sampling)
+        except ValueError as error:
+            raise UsageError(f"--method {spec.label!r}: {error}") from None
+    prompts = prompt_format.render_all(tokenizer, [p.question for p in problems])
     config = {
         "model": model,
         "dataset": dataset,
@@ -242,23 +235,23 @@ def eval_(
         "top_k": top_k,
         "top_p": top_p,
         "min_p": min_p,
+        "batch_size": batch_size,
     }
     files = []
     with get_reward("math", number_fallback=number_fallback) as verifier, _progress() as bar:
         tasks = {s.label: bar.add_task(s.label, total=len(problems), start=False) for s in specs}
         results = compare_methods(
-            lm,
-            tokenizer,
+            backend,
             problems,
             specs,
-            samplers,
+            methods,
             prompts=prompts,
-            reward_fn=verifier,
+            verifier=verifier,
             n=n,
             ks=ks,
             max_new_tokens=max_new_tokens,
             seed=seed,
-            batch_size=batch_size,
+            chunk_rows=batch_size,
             keep_responses=save_responses,
             config=config,
             on_start=lambda spec: bar.start_task(tasks[spec.label]),
@@ -347,7 +340,10 @@ def layer_entropy(
     model: Annotated[str, typer.Option(help="Built-in name, .gguf, HF dir or hub id.")] = (
         DEFAULT_MODEL
     ),
-    dataset: Annotated[str, typer.Option(help="Preset, file or built-in task.")] = "gsm8k",
+    dataset: Annotated[str, typer.Option(help="Preset, file or built-in task.")] = "arith-add-2",
+    few_shot: Annotated[
+        str | None, typer.Option(help="Built-in task whose 2-shot examples to prepend.")
+    ] = None,
     limit: Annotated[int, typer.Option(help="Number of problems.")] = 8,
     n: Annotated[int, typer.Option("-n", help="Samples per problem.")] = 2,
     max_new_tokens: int = 128,
@@ -360,12 +356,14 @@ def layer_entropy(
     """Mean entropy of every layer's posterior (logit lens) over generated tokens: CSV + PNG."""
     from calmrl.analysis.layer_entropy import layer_entropy_report
     from calmrl.data import load_problems
-    from calmrl.data.prompts import format_prompt
+    from calmrl.data.prompts import PromptFormat
     from calmrl.models import load_model
+    from calmrl.sampling import HFBackend
 
     problems = load_problems(dataset, limit=limit, seed=seed)
+    prompt_format = PromptFormat.build(few_shot=few_shot)
     lm, tokenizer = load_model(model)
-    prompts = [format_prompt(tokenizer, p.question) for p in problems]
+    prompts = prompt_format.render_all(tokenizer, [p.question for p in problems])
     title = f"Layer entropy: {Path(model).name}, {dataset} ({len(problems)} x {n}, T={temperature})"
     with _progress() as bar:
         tasks: dict[str, Any] = {}
@@ -376,7 +374,7 @@ def layer_entropy(
             bar.advance(tasks[phase], done)
 
         summary = layer_entropy_report(
-            lm, tokenizer, prompts, n=n, max_new_tokens=max_new_tokens, seed=seed,
+            lm, HFBackend(lm, tokenizer), prompts, n=n, max_new_tokens=max_new_tokens, seed=seed,
             out_dir=output, temperature=temperature, title=title, progress=advance,
         )  # fmt: skip
     for key, value in summary.items():

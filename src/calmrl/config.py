@@ -10,10 +10,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from calmrl.models import DEFAULT_MODEL
-from calmrl.sampling.methods import make_sampler
+from calmrl.rl.advantages import ADVANTAGES
+from calmrl.rl.losses import KL_KINDS, POLICY_LOSSES
+from calmrl.rl.reductions import AGG_MODES
+from calmrl.sampling import backend_names, validate_method
+from calmrl.sampling.distributions import validate_truncation
 
 
 class ConfigError(ValueError):
@@ -22,6 +26,13 @@ class ConfigError(ValueError):
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _one_of(name: str, value: str, allowed: list[str] | tuple[str, ...]) -> str:
+    """Validators raise ``"<field>: <message>"``; the formatter prefixes the section."""
+    if value not in allowed:
+        raise ValueError(f"{name}: unknown {value!r}; choose one of: {', '.join(allowed)}")
+    return value
 
 
 class ModelConfig(_Section):
@@ -58,8 +69,10 @@ class DataConfig(_Section):
 
 
 class RolloutConfig(_Section):
+    backend: str = "hf"
+    """Where rollouts come from: hf (calmrl's engine)."""
     method: str = "ead-paper"
-    """constant | ead | ead-paper | ead-official | reverse-ead | ead-entropy | led."""
+    """A registered sampling method (``calmrl.sampling.method_names()``)."""
     params: dict[str, Any] = Field(default_factory=dict)
     """Method parameters, e.g. {tau: 1.0} for constant, {tau_min: 0.8} for EAD, {depth: 8} LED,
     {entropy_ref: 0.3} for ead-entropy."""
@@ -76,8 +89,9 @@ class RolloutConfig(_Section):
 
     @model_validator(mode="after")
     def _check_method(self) -> RolloutConfig:
-        if self.method != "led":  # LED parameters are checked against the model's layers
-            make_sampler(self.method, self.params)
+        _one_of("backend", self.backend, backend_names())
+        validate_method(self.method, self.params)  # LED's values need the model: checked later
+        validate_truncation(self.top_k, self.top_p, self.min_p)
         return self
 
 
@@ -85,12 +99,13 @@ class RewardConfig(_Section):
     name: str = "math"
     """Registered verifier name or ``package.module:function``."""
     params: dict[str, Any] = Field(default_factory=dict)
-    """Verifier options, e.g. {correct: 1.0, incorrect: 0.0, fallback_last_number: false}."""
+    """Verifier options, e.g. {correct: 1.0, incorrect: 0.0, number_fallback: false}."""
 
 
 class AlgorithmConfig(_Section):
-    advantage: Literal["grpo", "dr_grpo", "rloo", "gae"] = "grpo"
-    """gae: PPO with a value head on the policy's trunk (rl/value_head.py)."""
+    advantage: str = "grpo"
+    """A registered estimator: grpo | dr_grpo | rloo | gae (PPO with a value head on the
+    policy's trunk, rl/value_head.py)."""
     norm_eps: float = Field(1e-6, gt=0)
     gamma: float = Field(1.0, ge=0, le=1)
     """GAE discount (veRL default 1.0)."""
@@ -110,17 +125,20 @@ class AlgorithmConfig(_Section):
     overlong_buffer: int = Field(0, ge=0)
     """DAPO soft overlong punishment over the last N tokens of max_new_tokens (0 = off)."""
     overlong_penalty: float = Field(1.0, ge=0)
-    loss: Literal["vanilla", "clip_cov", "kl_cov"] = "vanilla"
+    loss: str = "vanilla"
+    """A registered policy loss: vanilla | clip_cov | kl_cov."""
     clip_low: float = Field(0.2, ge=0)
     clip_high: float = Field(0.28, ge=0)
     """DAPO clip-higher; set equal to clip_low for symmetric PPO clipping."""
     clip_ratio_c: float = Field(3.0, gt=1)
-    agg: Literal[
-        "token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"
-    ] = "token-mean"
+    agg: str = "token-mean"
+    """Loss aggregation (veRL's loss_agg_mode): token-mean | token-sum | seq-mean-token-sum |
+    seq-mean-token-mean | seq-mean-token-sum-norm."""
     kl_coef: float = Field(0.0, ge=0)
     """> 0 adds a KL penalty to a frozen copy of the initial policy."""
-    kl_kind: Literal["kl", "k1", "abs", "mse", "k2", "low_var_kl", "k3"] = "low_var_kl"
+    kl_kind: str = "low_var_kl"
+    """KL estimator: kl | k1 | abs | mse | k2 | low_var_kl | k3, a trailing + for the k2
+    straight-through gradient (k3+)."""
     entropy_coef: float = Field(0.0, ge=0)
     """Entropy regularisation -coef * H, the baseline entropy shaping is compared with."""
     tis: bool = True
@@ -135,6 +153,28 @@ class AlgorithmConfig(_Section):
     """Rows per optimizer step (None: one step over the whole batch)."""
     micro_batch_size: int = Field(16, ge=1)
     """Rows per forward/backward; gradients accumulate over a minibatch."""
+    share_prompt_forward: bool = True
+    """Run a group's shared prompt through the model once in the update (same numbers)."""
+
+    @field_validator("advantage")
+    @classmethod
+    def _check_advantage(cls, value: str) -> str:
+        return _one_of("advantage", value, ADVANTAGES.names())
+
+    @field_validator("loss")
+    @classmethod
+    def _check_loss(cls, value: str) -> str:
+        return _one_of("loss", value, POLICY_LOSSES.names())
+
+    @field_validator("agg")
+    @classmethod
+    def _check_agg(cls, value: str) -> str:
+        return _one_of("agg", value, AGG_MODES)
+
+    @field_validator("kl_kind")
+    @classmethod
+    def _check_kl_kind(cls, value: str) -> str:
+        return _one_of("kl_kind", value, [*KL_KINDS, *(f"{k}+" for k in KL_KINDS)])
 
 
 class OptimConfig(_Section):
@@ -169,10 +209,16 @@ class TrainConfig(_Section):
     wandb_project: str | None = None
 
     @model_validator(mode="after")
-    def _check_k(self) -> TrainConfig:
+    def _check_eval(self) -> TrainConfig:
         bad = [k for k in self.eval_k if k < 1 or k > self.eval_n]
         if bad:
-            raise ValueError(f"eval_k values {bad} must lie in [1, eval_n={self.eval_n}]")
+            raise ValueError(f"eval_k: values {bad} must lie in [1, eval_n={self.eval_n}]")
+        try:
+            validate_method(self.eval_method, self.eval_params)
+        except ValueError as error:  # method: ... / params.x: ... -> eval_method / eval_params.x
+            where, _, message = str(error).partition(": ")
+            key = "eval_method" if where == "method" else f"eval_{where}"
+            raise ValueError(f"{key}: {message}") from None
         return self
 
 
@@ -191,11 +237,19 @@ class Config(_Section):
 
 def _format_error(error: ValidationError) -> str:
     first = error.errors()[0]
-    key = ".".join(str(part) for part in first["loc"]) or "config"
+    loc = [str(part) for part in first["loc"]]
+    key = ".".join(loc) or "config"
     if first["type"] == "extra_forbidden":
         section = _section_at(first["loc"][:-1])
         allowed = ", ".join(section.model_fields) if section else ""
         return f"{key}: unknown key; allowed keys here: {allowed}"
+    if first["type"] == "value_error":
+        # Our validators say "<field>: <message>"; a field validator's loc already ends in it.
+        message = str(first["ctx"]["error"])
+        field, _, rest = message.partition(": ")
+        if loc and loc[-1] == field:
+            return f"{key}: {rest}"
+        return f"{key}.{message}" if loc else message
     value = first.get("input")
     return f"{key}: {first['msg']} (got {value!r})"
 

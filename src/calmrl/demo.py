@@ -13,17 +13,16 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from calmrl.analysis.entropy import mean_by_position_band
 from calmrl.analysis.plots import plot_eval_results, plot_training_runs
 from calmrl.config import Config, load_config
-from calmrl.data import few_shot_examples, load_problems
-from calmrl.data.prompts import format_prompt
+from calmrl.data import load_problems
+from calmrl.data.prompts import PromptFormat
 from calmrl.eval.runner import EvalResult
 from calmrl.io import write_json
 from calmrl.models import load_model
 from calmrl.rl.trainer import run_training
-from calmrl.sampling import Rollouts, generate
-from calmrl.schedules import PRESETS, ConstantSchedule, Schedule
+from calmrl.sampling import HFBackend, Method, Rollouts
+from calmrl.sampling.metrics import mean_by_position_band
 
 DEMO_TASK = Config().data.train
 
@@ -76,18 +75,19 @@ def run_sampling_demo(
     console = Console()
     console.print(f"[bold]calmrl demo[/]: loading {model} (first run converts the GGUF, ~30 s)")
     lm, tokenizer = load_model(model)
+    backend = HFBackend(lm, tokenizer)
     problems = load_problems(DEMO_TASK, limit=num_prompts, seed=seed)
-    shots = few_shot_examples(DEMO_TASK)
-    prompts = [format_prompt(tokenizer, p.question, few_shot=shots) for p in problems]
-    schedules: dict[str, Schedule] = {
-        "constant tau=1.0": ConstantSchedule(1.0),
-        "EAD (ead-paper)": PRESETS["ead-paper"],
+    prompt_format = PromptFormat.build(few_shot=DEMO_TASK)
+    prompts = prompt_format.render_all(tokenizer, [p.question for p in problems])
+    methods = {
+        "constant tau=1.0": Method("constant", {"tau": 1.0}),
+        "EAD (ead-paper)": Method("ead-paper"),
     }
     results = {}
-    for name, schedule in schedules.items():
+    for name, method in methods.items():
         with console.status(f"sampling {len(prompts)} prompts x {n} with {name}"):
-            results[name] = generate(
-                lm, tokenizer, prompts, schedule, n=n, max_new_tokens=max_new_tokens, seed=seed
+            results[name] = backend.generate(
+                prompts, method, n=n, max_new_tokens=max_new_tokens, seed=seed
             )
     _print_texts(console, problems, results)
     _print_summary(console, results)

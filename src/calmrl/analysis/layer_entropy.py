@@ -24,11 +24,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel
 
-from calmrl.sampling import Rollouts, generate
-from calmrl.sampling.led import LogitLens
-from calmrl.schedules import ConstantSchedule
+from calmrl.models import LogitLens, entropy_from_logits, positions_from_mask
+from calmrl.sampling import Method, RolloutBackend, Rollouts
 
 # Tokens projected through lm_head at once: bounds memory to CHUNK x vocab floats.
 CHUNK = 256
@@ -46,17 +45,12 @@ class LayerEntropy:
     tokens: int
 
 
-def _entropy(logits: torch.Tensor) -> torch.Tensor:
-    log_probs = logits.log_softmax(dim=-1)
-    return -(log_probs.exp() * log_probs).sum(dim=-1)
-
-
 @torch.no_grad()
 def response_hidden_states(model: PreTrainedModel, rollouts: Rollouts) -> tuple[torch.Tensor, ...]:
     """Every layer's hidden state at the positions that predicted a response token: [M, H] each."""
     ids = torch.cat([rollouts.prompt_ids, rollouts.response_ids], dim=1)
     mask = torch.cat([rollouts.prompt_mask, rollouts.response_mask], dim=1)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    positions = positions_from_mask(mask)
     device = next(model.parameters()).device
     # The decoder alone: its hidden states are all we need, not [N, L, V] logits.
     outputs = model.get_decoder()(
@@ -82,7 +76,9 @@ def layer_entropies(
     for normed in (False, True):
         for layer, states in enumerate(hidden):
             norm = normed and layer != final  # the final state is already normed
-            entropy = torch.cat([_entropy(lens(chunk, norm=norm)) for chunk in states.split(CHUNK)])
+            entropy = torch.cat(
+                [entropy_from_logits(lens(chunk, norm=norm)) for chunk in states.split(CHUNK)]
+            )
             rows.append(
                 LayerEntropy(
                     layer=layer,
@@ -131,7 +127,7 @@ def plot(rows: Sequence[LayerEntropy], path: str | Path, *, vocab_size: int, tit
 
 def layer_entropy_report(
     model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
+    backend: RolloutBackend,
     prompts: Sequence[str],
     *,
     n: int = 4,
@@ -143,11 +139,9 @@ def layer_entropy_report(
     progress: Progress | None = None,
 ) -> dict:
     """Sample, measure, write ``layer_entropy.csv`` and ``layer_entropy.png``; return a summary."""
-    rollouts = generate(
-        model,
-        tokenizer,
+    rollouts = backend.generate(
         prompts,
-        ConstantSchedule(temperature),
+        Method("constant", {"tau": temperature}),
         n=n,
         max_new_tokens=max_new_tokens,
         seed=seed,

@@ -1,15 +1,19 @@
 """Prompt formatting: the tokenizer's chat template, an optional system prompt, few-shot turns.
 
 Small instruct models rarely box their answer zero-shot (SmolLM2-135M: ~10%); two worked
-examples as earlier chat turns raise that to 55-68% (DESIGN 4), so few-shot is first-class.
+examples as earlier chat turns raise that to 55-68% (``docs/benchmarks.md``), so few-shot is
+first-class. ``PromptFormat`` holds these choices once; every caller renders prompts with it.
 Base models without a chat template get a plain ``Question:/Answer:`` layout.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
+
+from calmrl.data.synthetic import few_shot_examples
 
 MATH_SUFFIX = "Please reason step by step, and put your final answer within \\boxed{}."
 
@@ -46,3 +50,29 @@ def format_prompt(
     # Without a template nothing adds BOS; base models (Gemma) expect it.
     bos = tokenizer.bos_token if getattr(tokenizer, "add_bos_token", True) else None
     return f"{bos}{text}" if bos and not text.startswith(bos) else text
+
+
+@dataclass(frozen=True)
+class PromptFormat:
+    """How a question becomes model input: system prompt, instruction suffix, few-shot turns."""
+
+    system: str | None = None
+    suffix: str | None = MATH_SUFFIX
+    few_shot: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def build(
+        cls, *, system: str | None = None, math_suffix: bool = True, few_shot: str | None = None
+    ) -> PromptFormat:
+        """From the data config's keys: ``few_shot`` names a built-in task whose worked
+        examples are prepended."""
+        shots = tuple(few_shot_examples(few_shot)) if few_shot else ()
+        return cls(system=system, suffix=MATH_SUFFIX if math_suffix else None, few_shot=shots)
+
+    def render(self, tokenizer: PreTrainedTokenizerBase, question: str) -> str:
+        return format_prompt(
+            tokenizer, question, system=self.system, suffix=self.suffix, few_shot=self.few_shot
+        )
+
+    def render_all(self, tokenizer: PreTrainedTokenizerBase, questions: Sequence[str]) -> list[str]:
+        return [self.render(tokenizer, q) for q in questions]

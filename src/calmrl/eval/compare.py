@@ -20,19 +20,17 @@ import functools
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from calmrl.data import Problem
 from calmrl.eval.runner import EvalResult, check_ks, evaluate
 from calmrl.io import write_json
-from calmrl.sampling import TokenSampler
-from calmrl.sampling.led import LEDSampler
-from calmrl.sampling.methods import make_sampler
+from calmrl.rewards import Verifier
+from calmrl.sampling import Method, RolloutBackend, validate_method
 
 _LABEL = re.compile(r"[A-Za-z0-9._-]+")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -47,6 +45,9 @@ class MethodSpec:
     @property
     def file_stem(self) -> str:
         return _UNSAFE.sub("-", self.label).strip("-")
+
+    def to_method(self, **truncation: Any) -> Method:
+        return Method(self.method, self.params, **truncation)
 
 
 def parse_method_spec(spec: str) -> MethodSpec:
@@ -74,34 +75,22 @@ def parse_method_spec(spec: str) -> MethodSpec:
 def parse_method_specs(specs: Sequence[str]) -> list[MethodSpec]:
     """Parse and check specs: known methods and parameters, distinct labels and file names.
 
-    LED's parameter names are checked here, their values when the sampler is built (that
-    needs the model).
+    LED's parameter values are checked by the backend, against the model's layers.
     """
     if not specs:
         raise ValueError("method: give at least one method, e.g. --method constant:tau=0.6")
     parsed = [parse_method_spec(s) for s in specs]
     for spec in parsed:
         try:
-            if spec.method == "led":
-                _check_led_params(spec.params)
-            else:
-                make_sampler(spec.method, spec.params)
+            validate_method(spec.method, spec.params)
         except ValueError as error:
-            raise ValueError(f"method {spec.label!r}: {error}") from None
+            raise ValueError(f"--method {spec.label!r}: {error}") from None
     for attribute in ("label", "file_stem"):
         names = [getattr(s, attribute) for s in parsed]
         repeated = sorted({x for x in names if names.count(x) > 1})
         if repeated:
             raise ValueError(f"method: {attribute} {repeated[0]!r} is used twice; add label=")
     return parsed
-
-
-def _check_led_params(params: dict[str, Any]) -> None:
-    # LED's value checks need the model (layers, vocabulary); its parameter names do not.
-    allowed = {f.name for f in fields(LEDSampler) if f.init} - {"lens", "num_layers"}
-    unknown = sorted(set(params) - allowed)
-    if unknown:
-        raise ValueError(f"{unknown[0]!r} is not a parameter of 'led'; allowed: {sorted(allowed)}")
 
 
 def default_ks(n: int) -> list[int]:
@@ -126,35 +115,19 @@ def parse_ks(text: str | None, n: int) -> list[int]:
     return ks
 
 
-def build_samplers(
-    specs: Sequence[MethodSpec],
-    model: PreTrainedModel,
-    *,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    min_p: float | None = None,
-) -> list[TokenSampler]:
-    """One sampler per spec; built together so a bad spec fails before any sampling."""
-    return [
-        make_sampler(s.method, s.params, model=model, top_k=top_k, top_p=top_p, min_p=min_p)
-        for s in specs
-    ]
-
-
 def compare_methods(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
+    backend: RolloutBackend,
     problems: Sequence[Problem],
     specs: Sequence[MethodSpec],
-    samplers: Sequence[TokenSampler],
+    methods: Sequence[Method],
     *,
     prompts: Sequence[str],
-    reward_fn: Any,
+    verifier: Verifier,
     n: int,
     ks: Sequence[int],
     max_new_tokens: int,
     seed: int = 0,
-    batch_size: int | None = None,
+    chunk_rows: int = 64,
     keep_responses: bool = False,
     config: dict[str, Any] | None = None,
     on_start: Callable[[MethodSpec], None] | None = None,
@@ -168,23 +141,22 @@ def compare_methods(
     result, together with the method, its parameters and the wall time.
     """
     results = []
-    for spec, sampler in zip(specs, samplers, strict=True):
+    for spec, method in zip(specs, methods, strict=True):
         if on_start is not None:
             on_start(spec)
         started = time.perf_counter()
         result = evaluate(
-            model,
-            tokenizer,
+            backend,
             problems,
-            sampler,
+            method,
             prompts=prompts,
-            reward_fn=reward_fn,
+            verifier=verifier,
             n=n,
             ks=ks,
             max_new_tokens=max_new_tokens,
             seed=seed,
-            batch_size=batch_size,
-            method=spec.label,
+            chunk_rows=chunk_rows,
+            label=spec.label,
             keep_responses=keep_responses,
             progress=None if progress is None else functools.partial(progress, spec),
         )
@@ -196,7 +168,6 @@ def compare_methods(
             "ks": list(ks),
             "max_new_tokens": max_new_tokens,
             "seed": seed,
-            "batch_size": batch_size,
             "seconds": round(time.perf_counter() - started, 2),
         }
         results.append(result)

@@ -15,11 +15,11 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from calmrl.data import Problem
 from calmrl.eval.metrics import bootstrap_ci, maj_at_k, mean_at_k, pass_at_k, worst_at_k
-from calmrl.sampling import TokenSampler, generate
+from calmrl.rewards import Verifier
+from calmrl.sampling import Method, RolloutBackend
 
 
 @dataclass
@@ -83,14 +83,14 @@ def compute_metrics(
 def score_problem(
     problem: Problem,
     texts: Sequence[str],
-    reward_fn: Any,
+    verifier: Verifier,
     *,
     mean_length: float = 0.0,
     keep_responses: bool = False,
 ) -> ProblemResult:
     """Grade the ``n`` responses of one problem and group their answers for maj@k."""
-    flags = reward_fn.verify(list(texts), [problem.answer] * len(texts))
-    labels = reward_fn.group([reward_fn.extract(t) for t in texts])
+    flags = verifier.verify(list(texts), [problem.answer] * len(texts))
+    labels = verifier.group([verifier.extract(t) for t in texts])
     voted = [lab for lab in labels if lab >= 0]
     sizes = np.bincount(voted).tolist() if voted else []
     # The verifier's equivalence need not be transitive, so correct samples could in principle
@@ -109,69 +109,65 @@ def score_problem(
 
 
 def evaluate(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
+    backend: RolloutBackend,
     problems: Sequence[Problem],
-    sampler: TokenSampler,
+    method: Method,
     *,
     prompts: Sequence[str],
-    reward_fn: Any,
+    verifier: Verifier,
     n: int,
     ks: Sequence[int],
     max_new_tokens: int,
     seed: int = 0,
-    batch_size: int | None = None,
-    method: str = "",
+    chunk_rows: int = 64,
+    label: str = "",
     keep_responses: bool = False,
     progress: Callable[[int, float], None] | None = None,
 ) -> EvalResult:
-    """Sample ``n`` responses per problem with ``sampler`` and score them.
+    """Sample ``n`` responses per problem with ``method`` through ``backend`` and score them.
 
-    ``reward_fn`` must offer ``verify(responses, golds) -> list[bool]`` and
-    ``extract(response) -> str | None`` and ``group(answers) -> list[int]`` (``MathVerifier``).
-    ``progress(problems_done, running_accuracy)`` is called after each chunk of problems.
+    Problem ``i`` is prompt index ``i`` of the per-row random streams, so the samples do not
+    depend on how problems are chunked or split. ``progress(problems_done, running_accuracy)``
+    is called after each chunk of about ``chunk_rows`` rows.
     """
     if not problems:
         raise ValueError("eval: no problems to evaluate")
     if len(prompts) != len(problems):
         raise ValueError(f"prompts: got {len(prompts)} for {len(problems)} problems")
     check_ks(ks, n)
-    # Whole problems per generate call, so that accuracy can be reported as we go.
-    chunk = max(1, (batch_size or 64) // n)
+    chunk = max(1, chunk_rows // n)
     results: list[ProblemResult] = []
     for start in range(0, len(problems), chunk):
-        rollouts = generate(
-            model,
-            tokenizer,
-            list(prompts[start : start + chunk]),
-            sampler,
+        part = range(start, min(start + chunk, len(problems)))
+        rollouts = backend.generate(
+            [prompts[i] for i in part],
+            method,
             n=n,
             max_new_tokens=max_new_tokens,
-            seed=seed + start,
-            batch_size=batch_size,
+            seed=seed,
+            prompt_indices=list(part),
         )
-        groups = rollouts.group_index.tolist()
         lengths = rollouts.response_lengths.tolist()
-        for i, problem in enumerate(problems[start : start + chunk]):
-            rows = [r for r, g in enumerate(groups) if g == i]
+        for offset, i in enumerate(part):
+            rows = range(offset * n, (offset + 1) * n)  # a prompt's n rows are adjacent
             results.append(
                 score_problem(
-                    problem,
+                    problems[i],
                     [rollouts.texts[r] for r in rows],
-                    reward_fn,
+                    verifier,
                     mean_length=float(np.mean([lengths[r] for r in rows])),
                     keep_responses=keep_responses,
                 )
             )
         if progress is not None:
             progress(len(results), sum(p.correct for p in results) / (len(results) * n))
-    result = EvalResult(method=method, n=n, ks=list(ks), problems=results)
+    result = EvalResult(method=label, n=n, ks=list(ks), problems=results)
     result.metrics = compute_metrics(results, ks, seed=seed)
     return result
 
 
 def rescore(
-    result: EvalResult, problems: Sequence[Problem], reward_fn: Any, *, seed: int = 0
+    result: EvalResult, problems: Sequence[Problem], verifier: Verifier, *, seed: int = 0
 ) -> EvalResult:
     """Grade the stored responses of ``result`` again with another verifier (no sampling)."""
     by_id = {p.id: p for p in problems}
@@ -183,7 +179,7 @@ def rescore(
         )
     rescored = [
         score_problem(
-            by_id[p.id], p.responses, reward_fn, mean_length=p.mean_length, keep_responses=True
+            by_id[p.id], p.responses, verifier, mean_length=p.mean_length, keep_responses=True
         )
         for p in result.problems
     ]

@@ -4,7 +4,9 @@ from calmrl.rewards.extract import extract_boxed, extract_last_number, normalize
 from calmrl.rewards.registry import (
     PerItemReward,
     RewardFunction,
+    Verifier,
     available_rewards,
+    evaluation_verifier,
     get_reward,
     register_reward,
 )
@@ -20,9 +22,11 @@ __all__ = [
     "MathVerifier",
     "PerItemReward",
     "RewardFunction",
+    "Verifier",
     "answers_equivalent",
     "available_rewards",
     "default_verifier",
+    "evaluation_verifier",
     "extract_boxed",
     "extract_last_number",
     "get_reward",

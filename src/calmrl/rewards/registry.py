@@ -20,7 +20,27 @@ from calmrl.rewards.verifier import MathVerifier
 
 
 class RewardFunction(Protocol):
+    """The training reward: one float per (response, gold)."""
+
     def __call__(self, responses: Sequence[str], golds: Sequence[str]) -> list[float]: ...
+
+
+class Verifier(Protocol):
+    """What evaluation needs: correctness, the extracted answer, and answer classes for maj@k."""
+
+    def verify(self, responses: Sequence[str], golds: Sequence[str]) -> list[bool]: ...
+
+    def extract(self, response: str) -> str | None: ...
+
+    def group(self, answers: Sequence[str | None]) -> list[int]: ...
+
+
+def evaluation_verifier(reward: object) -> Verifier:
+    """The reward itself if it is a ``Verifier`` (the math reward is), else the math verifier:
+    a custom ``module:function`` training reward then still gets a well-defined evaluation."""
+    if all(callable(getattr(reward, name, None)) for name in ("verify", "extract", "group")):
+        return reward  # type: ignore[return-value]
+    return MathVerifier()
 
 
 _REGISTRY: dict[str, Callable[..., RewardFunction]] = {}

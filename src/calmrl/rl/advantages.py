@@ -7,11 +7,20 @@ The equations, papers and the matching veRL / TRL / OpenRLHF options are in
 
 Shapes: ``N`` sequences with one scalar reward each; per-token tensors are ``[B, T]`` with a
 response mask ``[B, T]`` (bool or float, 1 on response tokens, 0 on padding).
+
+Estimators are registered by name (``register_advantage``) with one signature::
+
+    estimator(rewards [N], mask [N, T], group_index [N], *, values [N, T] | None, **options)
+        -> (token advantages [N, T], value targets [N, T] or None)
+
+``options`` are taken by name from the algorithm config (``norm_eps``, ``gamma``, ``lam``).
 """
 
 from __future__ import annotations
 
 import torch
+
+from calmrl.rl.registry import Registry
 
 __all__ = [
     "broadcast_to_tokens",
@@ -20,7 +29,6 @@ __all__ = [
     "entropy_shaped_advantages",
     "gae_advantages",
     "grpo_advantages",
-    "overlong_penalty",
     "rloo_advantages",
 ]
 
@@ -255,43 +263,6 @@ def dapo_group_filter(rewards: torch.Tensor, group_index: torch.Tensor) -> torch
     return keep[gid]
 
 
-def overlong_penalty(
-    response_lengths: torch.Tensor,
-    *,
-    max_response_length: int,
-    buffer_length: int,
-    penalty_factor: float = 1.0,
-) -> torch.Tensor:
-    """DAPO soft overlong punishment (Yu et al. 2025), a reward term to add to ``R``.
-
-    With ``L_max = max_response_length`` and ``L_cache = buffer_length``::
-
-        p(L) = 0                                              if L <= L_max - L_cache
-             = -penalty_factor * (L - (L_max - L_cache)) / L_cache   if L_max - L_cache < L <= L_max
-             = -penalty_factor                                 if L > L_max
-
-    This equals veRL's DAPO reward manager (``reward_model.overlong_buffer``) for every length
-    a rollout can have (``L <= L_max``); beyond ``L_max`` it stays at the paper's floor.
-
-    Args:
-        response_lengths: ``[N]`` number of generated tokens per sequence.
-        max_response_length: ``L_max``.
-        buffer_length: ``L_cache``, the soft band before ``L_max`` (``0 < L_cache <= L_max``).
-        penalty_factor: the penalty at ``L_max``.
-
-    Returns:
-        ``[N]`` float penalties in ``[-penalty_factor, 0]``.
-    """
-    if not 0 < buffer_length <= max_response_length:
-        raise ValueError(
-            f"buffer_length must be in (0, max_response_length={max_response_length}], "
-            f"got {buffer_length}"
-        )
-    expected = max_response_length - buffer_length
-    exceed = response_lengths.float() - expected
-    return (-exceed / buffer_length * penalty_factor).clamp(min=-penalty_factor, max=0.0)
-
-
 def entropy_shaped_advantages(
     advantages: torch.Tensor,
     entropy: torch.Tensor,
@@ -324,3 +295,68 @@ def entropy_shaped_advantages(
         raise ValueError(f"need kappa > 0 and alpha >= 0, got kappa={kappa}, alpha={alpha}")
     bonus = torch.minimum(alpha * entropy.detach(), advantages.abs() / kappa)
     return torch.where(mask.bool(), advantages + bonus, 0.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Registered estimators
+
+ADVANTAGES = Registry("advantage estimator")
+register_advantage = ADVANTAGES.register
+Estimate = tuple[torch.Tensor, torch.Tensor | None]
+
+
+@register_advantage("grpo")
+def _grpo(
+    rewards: torch.Tensor,
+    mask: torch.Tensor,
+    group_index: torch.Tensor,
+    *,
+    values: torch.Tensor | None = None,
+    norm_eps: float = 1e-6,
+) -> Estimate:
+    return broadcast_to_tokens(grpo_advantages(rewards, group_index, eps=norm_eps), mask), None
+
+
+@register_advantage("dr_grpo")
+def _dr_grpo(
+    rewards: torch.Tensor,
+    mask: torch.Tensor,
+    group_index: torch.Tensor,
+    *,
+    values: torch.Tensor | None = None,
+) -> Estimate:
+    return broadcast_to_tokens(dr_grpo_advantages(rewards, group_index), mask), None
+
+
+@register_advantage("rloo")
+def _rloo(
+    rewards: torch.Tensor,
+    mask: torch.Tensor,
+    group_index: torch.Tensor,
+    *,
+    values: torch.Tensor | None = None,
+) -> Estimate:
+    return broadcast_to_tokens(rloo_advantages(rewards, group_index), mask), None
+
+
+@register_advantage("gae", needs_values=True)
+def _gae(
+    rewards: torch.Tensor,
+    mask: torch.Tensor,
+    group_index: torch.Tensor,
+    *,
+    values: torch.Tensor | None = None,
+    gamma: float = 1.0,
+    lam: float = 1.0,
+) -> Estimate:
+    """PPO: the outcome reward on the last response token, GAE over a value head's values."""
+    if values is None:
+        raise ValueError("values: GAE needs the value head's V(s_t)")
+    return gae_advantages(
+        outcome_token_rewards(rewards, mask),
+        values,
+        mask,
+        gamma=gamma,
+        lam=lam,
+        whiten=bool(mask.sum() >= 2),
+    )

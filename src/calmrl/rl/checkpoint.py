@@ -1,11 +1,10 @@
-"""Atomic checkpoints: an HF-format model plus everything needed to resume bit-exactly.
+"""Run-directory state: atomic checkpoints, the final model, and what resume reads back.
 
 Layout of ``RUN_DIR/checkpoints/step-000010/``: ``model/`` (``save_pretrained``, safetensors,
 loadable with ``from_pretrained``; with LoRA, peft's adapter files, loadable with
 ``PeftModel.from_pretrained``), ``trainer_state.pt`` (optimizer, LR scheduler, RNG states,
-global step, data cursor, counters, the value head for GAE). A checkpoint is written into a
-hidden temporary directory and renamed into place only when complete, so a crash mid-write
-leaves the previous one intact.
+global step, data cursor, counters, the value head for GAE). Every directory is written
+with ``calmrl.io.atomic_dir``, so a crash mid-write leaves the previous one intact.
 """
 
 from __future__ import annotations
@@ -18,6 +17,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
+from transformers import PreTrainedModel
+
+from calmrl.io import atomic_dir
+from calmrl.models.lora import load_weights, merged
+from calmrl.rl.value_head import ValueHead
 
 _NAME = re.compile(r"^step-(\d+)$")
 
@@ -44,22 +49,27 @@ def save_checkpoint(
     state: dict[str, Any],
     keep: int,
 ) -> Path:
-    root = run_dir / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step-{step:06d}"
-    staging = root / f".tmp-step-{step:06d}"
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
+    """Write ``checkpoints/step-NNNNNN`` atomically, then keep only the newest ``keep``."""
+    final = run_dir / "checkpoints" / f"step-{step:06d}"
+    with atomic_dir(final) as staging:
         model.save_pretrained(staging / "model", safe_serialization=True)
         tokenizer.save_pretrained(staging / "model")
         torch.save({**state, "rng": rng_state()}, staging / "trainer_state.pt")
-        shutil.rmtree(final, ignore_errors=True)
-        staging.rename(final)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     for old in list_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def save_final(
+    run_dir: Path, model: PreTrainedModel, tokenizer: Any, value_head: ValueHead | None
+) -> Path:
+    """``final/``: a plain HF model (LoRA merged), its tokenizer and the value head, if any."""
+    final = run_dir / "final"
+    with atomic_dir(final) as staging:
+        merged(model).save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        if value_head is not None:
+            save_file(value_head.state_dict(), str(staging / "value_head.safetensors"))
     return final
 
 
@@ -72,5 +82,29 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     return [p for _, p in sorted(found) if (p / "trainer_state.pt").is_file()]
 
 
+def latest_checkpoint(run_dir: Path) -> Path:
+    checkpoints = list_checkpoints(run_dir)
+    if not checkpoints:
+        raise FileNotFoundError(
+            f"--resume: no complete checkpoint under {run_dir}/checkpoints; "
+            "a run writes them every train.save_every steps"
+        )
+    return checkpoints[-1]
+
+
 def load_trainer_state(checkpoint: Path) -> dict[str, Any]:
     return torch.load(checkpoint / "trainer_state.pt", weights_only=False)
+
+
+def load_model_weights(checkpoint: Path, model: PreTrainedModel, device: torch.device) -> None:
+    """The checkpoint's weights into ``model`` (full weights, or LoRA adapters only)."""
+    weights: dict[str, torch.Tensor] = {}
+    for shard in sorted((checkpoint / "model").glob("*.safetensors")):
+        weights.update(load_file(shard, device=str(device)))
+    missing, unexpected = load_weights(model, weights)
+    if missing or unexpected:
+        raise ValueError(
+            f"--resume: checkpoint {checkpoint} does not match the model "
+            f"(missing {missing[:2]}, unexpected {unexpected[:2]}); resume with the same "
+            "model.name and model.lora_rank"
+        )

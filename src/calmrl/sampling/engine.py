@@ -1,6 +1,6 @@
 """Batched, KV-cached generation over any HF causal LM, recording exact per-token log-probs.
 
-One decode step, for the rows still running (DESIGN 3.2):
+One decode step, for the rows still running:
 
     h                  = logits of the last position (fp32)
     logprobs           = log_softmax(h)[token]                    (tau = 1: pi_old for free)
@@ -8,24 +8,28 @@ One decode step, for the rows still running (DESIGN 3.2):
     behaviour_logprobs = log_softmax(truncate(h / tau_t))[token]  (what the token was drawn from)
 
 The behaviour distribution comes from a ``TokenSampler``; the default applies a temperature
-schedule and top-k/top-p/min-p, LED (``calmrl.sampling.led``) plugs in the same way. Rows that
-finish are dropped from the batch and its KV cache once enough of them have, so short answers
-stop costing compute.
+schedule and top-k/top-p/min-p, LED (``calmrl.sampling.led``) plugs in the same way. Each row
+draws from its own random stream (``calmrl.sampling.random``), so its tokens do not depend on
+the batch it runs in. Rows that finish are dropped from the batch and its KV cache once enough
+of them have, so short answers stop costing compute. ``HFBackend`` serves this engine as a
+``RolloutBackend``.
 """
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Protocol
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from calmrl.sampling.processors import sampling_log_probs, validate_truncation
+from calmrl.models.compat import eos_token_ids, supports_logits_to_keep
+from calmrl.models.functional import entropy_from_logits, positions_from_mask
+from calmrl.sampling.backend import register_backend
+from calmrl.sampling.methods import Method, make_method_sampler
+from calmrl.sampling.random import row_seeds, sample_tokens
 from calmrl.sampling.rollouts import Rollouts
-from calmrl.schedules import Schedule
+from calmrl.sampling.samplers import TemperatureSampler, TokenSampler
+from calmrl.sampling.schedules import Schedule
 
 # Compact the batch once this fraction of the running rows has finished.
 _COMPACT_FRACTION = 0.25
@@ -33,71 +37,6 @@ _COMPACT_FRACTION = 0.25
 
 class NonFiniteLogitsError(FloatingPointError):
     """The model produced NaN or +inf logits: nothing can be sampled from them."""
-
-
-class TokenSampler(Protocol):
-    """Turns one step's logits into the distribution the next token is drawn from."""
-
-    needs_hidden_states: bool
-
-    def reset(self, batch_size: int, device: torch.device) -> None: ...
-
-    def behaviour_log_probs(
-        self,
-        logits: torch.Tensor,
-        positions: torch.Tensor,
-        step: int,
-        hidden_states: tuple[torch.Tensor, ...] | None,
-        rows: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``logits`` [R, V] for batch rows ``rows`` -> (log-probs [R, V], temperatures [R])."""
-        ...
-
-    def update(self, tokens: torch.Tensor, rows: torch.Tensor, entropies: torch.Tensor) -> None:
-        """After sampling ``tokens`` for ``rows``; ``entropies`` is the step's tau = 1 entropy."""
-        ...
-
-
-@dataclass
-class TemperatureSampler:
-    """Sample from ``softmax(truncate(h / tau_t))`` with ``tau_t`` from a schedule."""
-
-    schedule: Schedule
-    top_k: int | None = None
-    top_p: float | None = None
-    min_p: float | None = None
-    needs_hidden_states: bool = False
-
-    def __post_init__(self) -> None:
-        validate_truncation(self.top_k, self.top_p, self.min_p)
-
-    def reset(self, batch_size: int, device: torch.device) -> None:
-        pass
-
-    def behaviour_log_probs(
-        self,
-        logits: torch.Tensor,
-        positions: torch.Tensor,
-        step: int,
-        hidden_states: tuple[torch.Tensor, ...] | None,
-        rows: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        tau = self.schedule.temperatures(positions, step).to(logits.device)
-        log_probs = sampling_log_probs(
-            logits, tau, top_k=self.top_k, top_p=self.top_p, min_p=self.min_p
-        )
-        return log_probs, tau
-
-    def update(self, tokens: torch.Tensor, rows: torch.Tensor, entropies: torch.Tensor) -> None:
-        pass
-
-
-def eos_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
-    ids = model.generation_config.eos_token_id
-    ids = [ids] if isinstance(ids, int) else list(ids or [])
-    if tokenizer.eos_token_id is not None:
-        ids.append(tokenizer.eos_token_id)
-    return sorted(set(ids))
 
 
 def _encode(
@@ -127,10 +66,6 @@ def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
     return ids, mask
 
 
-def _supports_logits_to_keep(model: PreTrainedModel) -> bool:
-    return "logits_to_keep" in inspect.signature(model.forward).parameters
-
-
 @torch.no_grad()
 def generate(
     model: PreTrainedModel,
@@ -142,6 +77,7 @@ def generate(
     max_new_tokens: int = 256,
     seed: int | None = None,
     step: int = 0,
+    prompt_indices: Sequence[int] | None = None,
     top_k: int | None = None,
     top_p: float | None = None,
     min_p: float | None = None,
@@ -154,8 +90,11 @@ def generate(
 
     ``schedule`` is a temperature schedule (combined with ``top_k``/``top_p``/``min_p``) or a
     ready ``TokenSampler`` such as LED. ``step`` is the global training step for step-aware
-    schedules. ``batch_size`` bounds the rows decoded together, rounded to whole groups of
-    ``n`` (each prompt is prefilled once and its KV cache shared by its ``n`` rows);
+    schedules. Row ``j`` of prompt ``i`` draws from a stream seeded by (``seed``, ``step``,
+    ``prompt_indices[i]``, ``j``), ``prompt_indices`` defaulting to 0, 1, ...: the same prompt
+    index gives the same tokens in any batch. ``batch_size`` bounds the rows decoded
+    together, rounded to whole groups of ``n`` (each prompt is prefilled once and its KV
+    cache shared by its ``n`` rows);
     ``progress`` is called with the number of rows finished after each batch. The same
     ``seed`` gives the same tokens. ``ignore_eos`` keeps every row going to
     ``max_new_tokens`` (benchmarks: equal work whatever the samples).
@@ -176,8 +115,10 @@ def generate(
     encoded = _encode(tokenizer, prompts)
     if seed is None:
         seed = int(torch.randint(0, 2**62, (1,)).item())
+    indices = list(range(len(encoded))) if prompt_indices is None else list(prompt_indices)
+    if len(indices) != len(encoded):
+        raise ValueError(f"prompt_indices: got {len(indices)} for {len(encoded)} prompts")
     device = next(model.parameters()).device
-    generator = torch.Generator(device=device).manual_seed(seed)
 
     # Whole groups per batch, so each prompt is prefilled once and its cache shared by n rows.
     prompts_per_batch = max(1, (batch_size or n * len(encoded)) // n)
@@ -193,7 +134,7 @@ def generate(
             step=step,
             stop=list(stop or []),
             ignore_eos=ignore_eos,
-            generator=generator,
+            seeds=row_seeds(seed, step, indices[start : start + prompts_per_batch], n, device),
         )
         part.group_index = part.group_index + start
         parts.append(part)
@@ -213,7 +154,7 @@ def _generate_batch(
     step: int,
     stop: list[str],
     ignore_eos: bool,
-    generator: torch.Generator,
+    seeds: torch.Tensor,
 ) -> Rollouts:
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id
@@ -235,9 +176,9 @@ def _generate_batch(
 
     # ``active`` maps the rows of the (compacted) model batch back to output rows.
     active = torch.arange(batch, device=device)
-    position_ids = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
+    position_ids = positions_from_mask(prompt_mask)
     forward_kwargs = {"use_cache": True, "output_hidden_states": sampler.needs_hidden_states}
-    if _supports_logits_to_keep(model):
+    if supports_logits_to_keep(model):
         forward_kwargs["logits_to_keep"] = 1
     outputs = model(
         input_ids=prompt_ids,
@@ -271,11 +212,11 @@ def _generate_batch(
         )
         positions = torch.full((len(active),), t, device=device)
         behaviour, tau = sampler.behaviour_log_probs(logits, positions, step, hidden, active)
-        token = torch.multinomial(behaviour.exp(), 1, generator=generator).squeeze(-1)
+        token = sample_tokens(behaviour, seeds[active], t)
         token = torch.where(running, token, torch.full_like(token, pad_id))
 
         target = logits.log_softmax(dim=-1)
-        entropy = -(target.exp() * target).nan_to_num().sum(dim=-1)
+        entropy = entropy_from_logits(logits, target)
         response_ids[active, t] = token
         response_mask[active, t] = running.long()
         values = {
@@ -352,3 +293,61 @@ def _decode(
         cut = min((text.find(s) for s in stop if s in text), default=-1)
         texts.append(text[:cut] if cut >= 0 else text)
     return texts
+
+
+class HFBackend:
+    """calmrl's engine as a ``RolloutBackend``: it samples from the module it was given (the
+    trainer's own), so there are no weights to sync."""
+
+    name = "hf"
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        batch_size: int | None = None,
+    ):
+        self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
+
+    def generate(
+        self,
+        prompts: Sequence[str] | Sequence[Sequence[int]],
+        method: Method,
+        *,
+        n: int = 1,
+        max_new_tokens: int = 256,
+        seed: int | None = None,
+        step: int = 0,
+        prompt_indices: Sequence[int] | None = None,
+        stop: Sequence[str] = (),
+        ignore_eos: bool = False,
+        progress: Callable[[int], None] | None = None,
+    ) -> Rollouts:
+        return generate(
+            self.model,
+            self.tokenizer,
+            prompts,
+            make_method_sampler(method, self.model),
+            n=n,
+            max_new_tokens=max_new_tokens,
+            seed=seed,
+            step=step,
+            prompt_indices=prompt_indices,
+            stop=stop,
+            ignore_eos=ignore_eos,
+            batch_size=self.batch_size,
+            progress=progress,
+        )
+
+    def check(self, method: Method) -> None:
+        make_method_sampler(method, self.model)
+
+    def sync_weights(self, model: PreTrainedModel) -> None:
+        self.model = model
+
+    def close(self) -> None:
+        pass
+
+
+register_backend("hf", HFBackend)

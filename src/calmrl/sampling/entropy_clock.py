@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from calmrl.sampling.processors import sampling_log_probs, validate_truncation
-from calmrl.schedules import EADSchedule
+from calmrl.sampling.distributions import sampling_log_probs, validate_truncation
+from calmrl.sampling.schedules import EADSchedule
 
 
 @dataclass
@@ -48,11 +48,11 @@ class EntropyClockSampler:
         ref = self.entropy_ref
         if isinstance(ref, bool) or not isinstance(ref, int | float) or not 0 < ref < math.inf:
             raise ValueError(
-                f"schedule.entropy_ref: must be a positive number of nats, got {self.entropy_ref}"
+                f"params.entropy_ref: must be a positive number of nats, got {self.entropy_ref}"
             )
         w = self.position_weight
         if isinstance(w, bool) or not isinstance(w, int | float) or not 0 <= w <= 1:
-            raise ValueError(f"schedule.position_weight: must lie in [0, 1], got {w}")
+            raise ValueError(f"params.position_weight: must lie in [0, 1], got {w}")
         validate_truncation(self.top_k, self.top_p, self.min_p)
 
     def reset(self, batch_size: int, device: torch.device) -> None:

@@ -1,4 +1,4 @@
-"""Per-token temperature schedules for rollouts (DESIGN 3.1).
+"""Per-token temperature schedules for rollouts (``docs/algorithms.md``, "Schedules").
 
 Every schedule maps a tensor of 0-based generated-token positions ``t`` (prompt excluded) and
 the global training step ``s`` to a tensor of temperatures of the same shape, so one batch can
@@ -25,7 +25,7 @@ import torch
 
 def _require(condition: bool, field: str, message: str) -> None:
     if not condition:
-        raise ValueError(f"schedule.{field}: {message}")
+        raise ValueError(f"params.{field}: {message}")
 
 
 @runtime_checkable
@@ -152,11 +152,11 @@ def make_schedule(name: str = "constant", **params: float) -> Schedule:
         base = {f.name: getattr(preset, f.name) for f in fields(preset)}  # type: ignore[arg-type]
     else:
         allowed = ", ".join(schedule_names())
-        raise ValueError(f"schedule.name: unknown schedule {name!r}; choose one of: {allowed}")
+        raise ValueError(f"method: unknown schedule {name!r}; choose one of: {allowed}")
     known = {f.name for f in fields(kind)}  # type: ignore[arg-type]
     for key in params:
         if key not in known:
             raise ValueError(
-                f"schedule.{key}: not a parameter of {name!r}; allowed: {', '.join(sorted(known))}"
+                f"params.{key}: not a parameter of {name!r}; allowed: {', '.join(sorted(known))}"
             )
     return kind(**{**base, **params})

@@ -2,15 +2,12 @@
 
 The order matches vLLM and HF ``generate``: divide by the temperature, then truncate. The
 log-softmax of the truncated, scaled logits is the distribution tokens are actually drawn from,
-and hence the exact behaviour log-prob that truncated importance sampling needs (DESIGN 3.2).
+and hence the exact behaviour log-prob that truncated importance sampling needs.
 """
 
 from __future__ import annotations
 
 import torch
-from transformers import LogitsProcessor
-
-from calmrl.schedules import Schedule
 
 
 def validate_truncation(top_k: int | None, top_p: float | None, min_p: float | None) -> None:
@@ -58,26 +55,3 @@ def sampling_log_probs(
     """``log softmax(truncate(h / tau))`` per row: the sampling distribution. [B, V] -> [B, V]."""
     scaled = logits / temperatures.to(logits.dtype).unsqueeze(-1)
     return truncate(scaled, top_k=top_k, top_p=top_p, min_p=min_p).log_softmax(dim=-1)
-
-
-class ScheduledTemperatureProcessor(LogitsProcessor):
-    """HF ``LogitsProcessor`` applying a per-token temperature schedule inside ``generate``.
-
-    Use with ``do_sample=True, temperature=1.0`` so HF does not rescale again; put top-k/top-p
-    in ``generate``'s own arguments (HF applies warpers after custom processors). HF
-    ``generate`` advances every row in lock-step, so the position is the number of tokens
-    generated so far, taken from the first call's input length unless ``prompt_length`` is given.
-    """
-
-    def __init__(self, schedule: Schedule, *, step: int = 0, prompt_length: int | None = None):
-        self.schedule = schedule
-        self.step = step
-        self.prompt_length = prompt_length
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        if self.prompt_length is None:
-            self.prompt_length = input_ids.shape[1]
-        position = input_ids.shape[1] - self.prompt_length
-        positions = torch.full((scores.shape[0],), position, device=scores.device)
-        tau = self.schedule.temperatures(positions, self.step).to(scores.dtype)
-        return scores / tau.unsqueeze(-1)

@@ -1,0 +1,43 @@
+"""Shims over Hugging Face model APIs that differ between transformers versions and models."""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+def eos_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Every id that ends a response: the generation config's (one or several), the tokenizer's."""
+    ids = model.generation_config.eos_token_id
+    ids = [ids] if isinstance(ids, int) else list(ids or [])
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    return sorted(set(ids))
+
+
+def supports_logits_to_keep(model: PreTrainedModel) -> bool:
+    """Whether ``forward`` can skip the output projection for all but the last positions."""
+    return "logits_to_keep" in inspect.signature(model.forward).parameters
+
+
+def is_checkpointing(model: PreTrainedModel) -> bool:
+    """Whether activation (gradient) checkpointing is on; it disables the KV cache."""
+    # transformers 5 names it is_activation_checkpointing; peft models forward the attribute.
+    for name in ("is_activation_checkpointing", "is_gradient_checkpointing"):
+        with contextlib.suppress(AttributeError):
+            return bool(getattr(model, name))
+    return False
+
+
+def enable_checkpointing(model: PreTrainedModel) -> None:
+    # transformers 5 renamed it; older versions only have the gradient_ name.
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    (enable or model.gradient_checkpointing_enable)()
+
+
+def tied_keys(model: PreTrainedModel) -> set[str]:
+    """State-dict keys that alias another weight (absent from a saved checkpoint)."""
+    tied = getattr(model, "_tied_weights_keys", None) or []
+    return set(tied if isinstance(tied, list) else tied.keys())

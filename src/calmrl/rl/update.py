@@ -1,0 +1,196 @@
+"""The policy update: epochs over minibatches, micro-batches with gradient accumulation,
+the loss terms, clipping and the optimizer step.
+
+Per micro-batch: the policy forward (``rl.forward``), entropy-shaped advantages (optional),
+the registered policy loss with TIS weights, a KL penalty to a frozen reference, entropy
+regularisation and, for GAE, the clipped value loss. Micro-batches add up to the minibatch's
+aggregate exactly: weighted by tokens for ``token-mean``, by rows for the sequence modes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from transformers import PreTrainedModel
+
+from calmrl.rl import advantages as adv
+from calmrl.rl import losses
+from calmrl.rl.batch import Batch
+from calmrl.rl.forward import ResponseForward, response_logprobs
+from calmrl.rl.reductions import aggregate, masked_mean
+from calmrl.rl.value_head import ValueHead
+from calmrl.sampling.rollouts import Rollouts
+
+
+class UpdateSettings(Protocol):
+    """What the update reads from the algorithm config (``calmrl.config.AlgorithmConfig``)."""
+
+    loss: str
+    agg: str
+    epochs: int
+    minibatch_size: int | None
+    micro_batch_size: int
+    entropy_shaping: bool
+    shaping_alpha: float
+    shaping_kappa: float
+    kl_coef: float
+    kl_kind: str
+    entropy_coef: float
+    value_coef: float
+    value_clip: float
+    share_prompt_forward: bool
+
+    def model_dump(self) -> dict[str, Any]: ...
+
+
+@dataclass
+class PolicyUpdate:
+    model: PreTrainedModel
+    optimizer: torch.optim.Optimizer
+    settings: UpdateSettings
+    grad_clip: float
+    value_head: ValueHead | None = None
+    reference: PreTrainedModel | None = None
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+
+    def __call__(self, batch: Batch, *, seed: int) -> dict[str, float]:
+        """Every optimizer step of one RL step; ``{"nonfinite": 1.0}`` if any went non-finite."""
+        algo = self.settings
+        self.model.train()
+        rows = len(batch.rollouts)
+        minibatch = algo.minibatch_size or rows
+        order_generator = torch.Generator().manual_seed(seed)
+        # Clip-Cov's random pick of tokens; its own stream, so it cannot correlate with the order.
+        loss_generator = torch.Generator(device=batch.rollouts.response_ids.device)
+        loss_generator.manual_seed(seed ^ 0x5DEECE66D)
+        sums: dict[str, float] = {}
+        updates = 0
+        for _ in range(algo.epochs):
+            order = (
+                torch.randperm(rows, generator=order_generator)
+                if algo.epochs > 1
+                else torch.arange(rows)
+            )
+            for start in range(0, rows, minibatch):
+                step_metrics = self._optimizer_step(
+                    batch, order[start : start + minibatch], loss_generator
+                )
+                if step_metrics.get("nonfinite"):
+                    return step_metrics
+                for key, value in step_metrics.items():
+                    sums[key] = sums.get(key, 0.0) + value
+                updates += 1
+        return {key: value / updates for key, value in sums.items()}
+
+    def _optimizer_step(
+        self, batch: Batch, index: torch.Tensor, generator: torch.Generator
+    ) -> dict[str, float]:
+        algo = self.settings
+        total_tokens = float(batch.rollouts.response_mask[index].sum().clamp(min=1))
+        sums: dict[str, float] = {}
+        self.optimizer.zero_grad(set_to_none=True)
+        for start in range(0, len(index), algo.micro_batch_size):
+            micro = index[start : start + algo.micro_batch_size]
+            loss, metrics = self._micro_loss(batch, micro, generator)
+            tokens = float(batch.rollouts.response_mask[micro].sum())
+            share = tokens / total_tokens if algo.agg == "token-mean" else len(micro) / len(index)
+            if not torch.isfinite(loss):
+                return {"nonfinite": 1.0}
+            (loss * share).backward()
+            for key, value in metrics.items():
+                sums[key] = sums.get(key, 0.0) + float(value) * share
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
+        if not torch.isfinite(grad_norm):
+            return {"nonfinite": 1.0}
+        self.optimizer.step()
+        return {**sums, "grad_norm": float(grad_norm)}
+
+    def _micro_loss(
+        self, batch: Batch, micro: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
+        algo = self.settings
+        rollouts = batch.rollouts.select(micro)
+        mask = rollouts.response_mask
+        with self.autocast():
+            forward = response_logprobs(
+                self.model,
+                rollouts,
+                share_prompts=algo.share_prompt_forward,
+                value_head=self.value_head,
+            )
+        logprobs, entropy = forward.logprobs, forward.entropy
+        advantages = batch.advantages[micro]
+        if algo.entropy_shaping:
+            advantages = adv.entropy_shaped_advantages(
+                advantages,
+                entropy.detach(),
+                mask,
+                alpha=algo.shaping_alpha,
+                kappa=algo.shaping_kappa,
+            )
+        loss, metrics = losses.POLICY_LOSSES.call(
+            algo.loss,
+            logprobs,
+            batch.old_logprobs[micro],
+            advantages,
+            mask,
+            options={**algo.model_dump(), "generator": generator},
+            agg=algo.agg,
+            tis_weights=batch.tis_weights[micro] if batch.tis_weights is not None else None,
+        )
+        metrics = {f"actor/{k}": v for k, v in metrics.items()}
+        metrics["actor/pg_loss"] = loss.detach()
+        metrics["actor/entropy"] = masked_mean(entropy.detach(), mask)
+        if self.reference is not None:
+            with torch.no_grad(), self.autocast():
+                reference = response_logprobs(
+                    self.reference, rollouts, share_prompts=algo.share_prompt_forward
+                )
+            kl = aggregate(
+                losses.kl_penalty(logprobs, reference.logprobs, algo.kl_kind), mask, algo.agg
+            )
+            loss = loss + algo.kl_coef * kl
+            metrics["actor/kl_ref"] = kl.detach()
+        if algo.entropy_coef > 0:
+            loss = loss + losses.entropy_regularization(
+                entropy, mask, coef=algo.entropy_coef, agg=algo.agg
+            )
+        if self.value_head is not None:
+            value_loss, value_metrics = losses.value_loss(
+                forward.values,
+                batch.old_values[micro],
+                batch.returns[micro],
+                mask,
+                clip_range=algo.value_clip,
+                agg=algo.agg,
+            )
+            loss = loss + algo.value_coef * value_loss
+            metrics["critic/vf_loss"] = value_loss.detach()
+            metrics["critic/vf_clipfrac"] = value_metrics["vf_clipfrac"]
+        return loss, metrics
+
+    @torch.no_grad()
+    def forward_in_chunks(self, rollouts: Rollouts) -> ResponseForward:
+        """pi_old log-probs (and rollout-time values) of a batch, one micro-batch at a time."""
+        size = self.settings.micro_batch_size
+        with self.autocast():
+            chunks = [
+                response_logprobs(
+                    self.model,
+                    rollouts.select(torch.arange(i, min(i + size, len(rollouts)))),
+                    share_prompts=self.settings.share_prompt_forward,
+                    value_head=self.value_head,
+                )
+                for i in range(0, len(rollouts), size)
+            ]
+        values = [c.values for c in chunks]
+        return ResponseForward(
+            torch.cat([c.logprobs for c in chunks]),
+            torch.cat([c.entropy for c in chunks]),
+            torch.cat(values) if self.value_head is not None else None,
+        )

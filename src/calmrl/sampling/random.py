@@ -1,0 +1,82 @@
+"""Per-row randomness: a row's tokens depend on (seed, step, prompt, sample), nothing else.
+
+One generator for a whole batch makes a row's tokens depend on its batch-mates, on the batch
+size and on which rows were compacted away, so a 2-process run could not reproduce a
+1-process run and another backend could not match per request. Here every row has its own
+64-bit stream: the row seed mixes (seed, step, prompt index, sample index) with SplitMix64
+(Steele et al. 2014, "Fast splittable pseudorandom number generators"), and the uniform for
+generated token ``t`` is SplitMix64 of ``row_seed + (t + 1) * gamma``. The token is drawn by
+inverting the row's CDF at that uniform, which samples exactly from the given distribution.
+Everything is vectorised over rows; integers wrap modulo 2^64 as int64 tensors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+import torch
+
+_GAMMA = -7046029254386353131  # 0x9e3779b97f4a7c15 as a signed 64-bit integer
+_MUL1 = -4658895280553007687  # 0xbf58476d1ce4e5b9
+_MUL2 = -7723592293110705685  # 0x94d049bb133111eb
+
+
+def _shift_right(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """Logical right shift of int64 (torch's ``>>`` is arithmetic on negatives)."""
+    return (x >> bits) & ((1 << (64 - bits)) - 1)
+
+
+def mix64(x: torch.Tensor) -> torch.Tensor:
+    """SplitMix64's finaliser on int64 tensors (a bijection of 64-bit words)."""
+    x = x ^ _shift_right(x, 30)
+    x = x * _MUL1
+    x = x ^ _shift_right(x, 27)
+    x = x * _MUL2
+    return x ^ _shift_right(x, 31)
+
+
+def _signed(value: int) -> int:
+    value %= 1 << 64
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def _absorb(state: torch.Tensor, value: torch.Tensor | int) -> torch.Tensor:
+    """Fold one more part into a seed; the ``+ gamma`` keeps 0 from being a fixed point."""
+    value = torch.as_tensor(value if isinstance(value, torch.Tensor) else _signed(value))
+    return mix64(state ^ mix64(value.to(state.device) + _GAMMA))
+
+
+def row_seeds(
+    seed: int, step: int, prompt_indices: Sequence[int], n: int, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """Seeds ``[len(prompt_indices) * n]``, rows prompt-major (a prompt's rows adjacent)."""
+    prompts = torch.as_tensor(list(prompt_indices), dtype=torch.long, device=device)
+    samples = torch.arange(n, dtype=torch.long, device=device)
+    base = _absorb(_absorb(torch.tensor(_GAMMA, device=device), seed), step)
+    per_prompt = _absorb(base, prompts).repeat_interleave(n)
+    return _absorb(per_prompt, samples.repeat(len(prompts)))
+
+
+def uniforms(seeds: torch.Tensor, t: int) -> torch.Tensor:
+    """One uniform in [0, 1) per row for generated token ``t``: float64 ``[R]``."""
+    bits = mix64(seeds + _signed((t + 1) * _GAMMA))
+    return _shift_right(bits, 11).double() / float(1 << 53)
+
+
+def sample_tokens(log_probs: torch.Tensor, seeds: torch.Tensor, t: int) -> torch.Tensor:
+    """Draw one token per row from ``softmax``-normalised ``log_probs`` [R, V] by inverse CDF."""
+    cdf = log_probs.exp().double().cumsum(dim=-1)
+    total = cdf[:, -1:].contiguous()
+    target = uniforms(seeds, t).to(cdf.device).unsqueeze(-1) * total
+    token = torch.searchsorted(cdf, target, right=True)
+    # u * total can round up to total; the last token with mass is the one to take then.
+    last = torch.searchsorted(cdf, total, right=False)
+    return torch.minimum(token, last).squeeze(-1)
+
+
+def derive_seed(*parts: int | str) -> int:
+    """A 62-bit seed from named parts, e.g. ``derive_seed(seed, step, "update-order")``: distinct
+    names never collide the way small integer salts did."""
+    text = "/".join(str(p) for p in parts).encode()
+    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little") >> 2
