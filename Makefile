@@ -9,6 +9,10 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.calmrl-installed
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
+# The offline math data (GSM8K, MATH500, ...) lies beside the checkout on the project's machines.
+ifneq ($(wildcard ../shared/data),)
+export CALMRL_DATA_DIR ?= $(abspath ../shared/data)
+endif
 
 .PHONY: install demo test test-slow parity lint bench clean
 

@@ -2,6 +2,10 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The offline math data lies beside the checkout on the project's machines (CI too).
+_SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+if os.path.isdir(_SHARED_DATA):
+    os.environ.setdefault("CALMRL_DATA_DIR", os.path.abspath(_SHARED_DATA))
 
 import pytest
 import torch

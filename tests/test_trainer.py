@@ -3,6 +3,7 @@ non-finite steps, flat memory."""
 
 import json
 import os
+import sys
 
 import pytest
 import torch
@@ -39,28 +40,29 @@ if "starts-with" not in available_rewards():
 
 
 def make_config(tmp_path, *extra):
-    return load_config(
-        None,
-        [
-            f"train.output_dir={tmp_path / 'run'}",
-            "data.train=arith-add-1",
-            "data.few_shot=null",
-            "data.math_suffix=false",
-            "data.train_limit=16",
-            "rollout.method=constant",
-            "rollout.params={tau: 1.0}",
-            "rollout.n=8",
-            "rollout.prompts_per_step=2",
-            "rollout.max_new_tokens=6",
-            "reward.name=starts-with",
-            "optim.lr=1e-3",
-            "train.steps=2",
-            "train.eval_every=0",
-            "train.tensorboard=false",
-            "algorithm.micro_batch_size=4",
-            *extra,
-        ],
-    )
+    return load_config(None, make_config_overrides(tmp_path, *extra))
+
+
+def make_config_overrides(tmp_path, *extra):
+    return [
+        f"train.output_dir={tmp_path / 'run'}",
+        "data.train=arith-add-1",
+        "data.few_shot=null",
+        "data.math_suffix=false",
+        "data.train_limit=16",
+        "rollout.method=constant",
+        "rollout.params={tau: 1.0}",
+        "rollout.n=8",
+        "rollout.prompts_per_step=2",
+        "rollout.max_new_tokens=6",
+        "reward.name=starts-with",
+        "optim.lr=1e-3",
+        "train.steps=2",
+        "train.eval_every=0",
+        "train.tensorboard=false",
+        "algorithm.micro_batch_size=4",
+        *extra,
+    ]
 
 
 def first_char_of_most_likely_start(model, tokenizer, prompt):
@@ -464,3 +466,70 @@ def test_bf16_autocast_computes_in_bf16_and_keeps_fp32_weights(tmp_path):
     # bf16 rounding: the engine's and the recomputed pi_old agree only to bf16 precision.
     assert metrics["old_logprob_abs_diff_max"] < 0.25
     assert any(not torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def starts_with_one(response: str, gold: str) -> float:
+    """A per-item ``module:function`` reward, as users write them (no verify/extract/group)."""
+    return float(response.startswith("1"))
+
+
+def test_custom_function_reward_trains_and_evaluates_with_the_math_verifier(tmp_path):
+    cfg = make_config(
+        tmp_path,
+        "reward.name=test_trainer:starts_with_one",
+        "train.steps=1",
+        "train.eval_every=1",
+        "train.eval_n=2",
+        "train.eval_k=[1,2]",
+        "data.eval=arith-add-1",
+        "data.eval_limit=2",
+    )
+    model, tokenizer = tiny_model(seed=3)
+    history = Trainer(cfg, model=model, tokenizer=tokenizer).train()
+    assert set(history) == {"before", "after"}
+    assert 0.0 <= history["after"].metrics["pass@1"]["mean"] <= 1.0
+    assert (tmp_path / "run" / "evals" / "step-000001.json").is_file()
+
+
+def test_resume_of_a_finished_run_says_it_is_complete_and_exits_0(tmp_path, monkeypatch, capsys):
+    from calmrl import cli
+
+    model_dir = tmp_path / "tiny"
+    model, tokenizer = tiny_model(seed=3)
+    model.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    run = tmp_path / "run"
+    overrides = [
+        o.replace(str(tmp_path / "run"), str(run)) for o in make_config_overrides(tmp_path)
+    ]
+    argv = ["calmrl", "train", *overrides, f"model.name={model_dir}", "reward.name=math",
+            "train.steps=1", "train.save_every=1"]  # fmt: skip
+    for args in (argv, ["calmrl", "train", "--resume", str(run)]):
+        monkeypatch.setattr(sys, "argv", args)
+        try:
+            cli.main()
+        except SystemExit as stop:
+            assert stop.code in (0, None)
+    out = capsys.readouterr().out
+    assert "the run is complete (1 of 1 steps)" in out
+    assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").open()] == [1]
+
+
+def test_a_loss_registered_in_one_place_is_accepted_by_the_config_and_trained(tmp_path):
+    from calmrl.rl import losses
+
+    calls = []
+
+    if "test-reinforce" not in losses.POLICY_LOSSES.names():
+
+        @losses.register_policy_loss("test-reinforce")
+        def reinforce(logprobs, old_logprobs, advantages, mask, *, agg, tis_weights=None):
+            calls.append(agg)
+            return losses.aggregate(-advantages * logprobs, mask, agg), {}
+
+    cfg = make_config(tmp_path, "algorithm.loss=test-reinforce", "train.steps=1")
+    model, tokenizer = tiny_model(seed=3)
+    trainer = Trainer(cfg, model=model, tokenizer=tokenizer)
+    trainer.reward_fn = half_rewarded
+    metrics = trainer.train_step()
+    assert not metrics.get("skipped_no_signal") and metrics["grad_norm"] > 0

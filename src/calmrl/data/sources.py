@@ -39,8 +39,8 @@ PRESETS = {
 def resolve_data_dir(data_dir: str | Path | None = None) -> Path:
     """The directory holding the preset files.
 
-    In order: `data_dir`, ``$CALMRL_DATA_DIR``, then ``../shared/data`` next to the current
-    directory or next to the repository root.
+    In order: `data_dir`, ``$CALMRL_DATA_DIR``, then ``data/`` in the current directory or
+    in the repository root (the Makefile points ``$CALMRL_DATA_DIR`` at the checkout's data).
     """
     explicit = data_dir if data_dir is not None else os.environ.get(DATA_DIR_ENV)
     if explicit:
@@ -48,11 +48,13 @@ def resolve_data_dir(data_dir: str | Path | None = None) -> Path:
         if not path.is_dir():
             raise FileNotFoundError(f"data directory {path} does not exist")
         return path
-    for path in (Path.cwd() / "../shared/data", _REPO_ROOT / "../shared/data"):
-        if path.is_dir():
+    for path in (Path.cwd() / "data", _REPO_ROOT / "data"):
+        if any(path.glob("*.jsonl")):
             return path.resolve()
+    files = ", ".join(sorted({p.file for p in PRESETS.values()}))
     raise FileNotFoundError(
-        f"no data directory found: set {DATA_DIR_ENV}=/path/to/data or pass data_dir=..."
+        f"no data directory found: set {DATA_DIR_ENV}=/path/to/dir holding the preset files "
+        f"({files})"
     )
 
 

@@ -1,4 +1,4 @@
-"""Evaluation metrics from n samples per problem, c of them correct (DESIGN.md 3.7).
+"""Evaluation metrics from n samples per problem, c of them correct (``docs/algorithms.md``).
 
 - pass@k  = 1 - C(n-c, k) / C(n, k): some of k samples is correct (Chen et al. 2021, unbiased);
 - worst@k = C(c, k) / C(n, k): all k samples are correct;

@@ -409,7 +409,7 @@ def run_training(config: Config, *, resume: bool = False, console: Any = None) -
         steps = config.train.steps
         message = f"{trainer.run_dir}: the run is complete ({trainer.step} of {steps} steps)"
         if console is not None:
-            console.print(message)
+            console.print(message, soft_wrap=True)
         trainer.logger.close()
         return {}
     return trainer.train()

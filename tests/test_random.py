@@ -1,0 +1,75 @@
+"""Per-row randomness: SplitMix64 against a pure-Python reference, exact sampling, and a row's
+tokens independent of its batch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from calmrl.models import tiny_model
+from calmrl.sampling import HFBackend, Method
+from calmrl.sampling.random import derive_seed, mix64, row_seeds, sample_tokens, uniforms
+
+MASK = (1 << 64) - 1
+
+
+def splitmix_finaliser(x: int) -> int:
+    """Steele et al. 2014, on unsigned Python integers."""
+    x &= MASK
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & MASK
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & MASK
+    return x ^ (x >> 31)
+
+
+def test_mix64_equals_the_reference_on_edge_and_random_words():
+    words = [0, 1, 2**63 - 1, 2**63, 2**64 - 1, *torch.randint(0, 2**62, (50,)).tolist()]
+    signed = [w - (1 << 64) if w >= 1 << 63 else w for w in words]
+    got = mix64(torch.tensor(signed, dtype=torch.long)).tolist()
+    assert [g & MASK for g in got] == [splitmix_finaliser(w) for w in words]
+
+
+def test_uniforms_lie_in_unit_interval_and_look_uniform():
+    seeds = row_seeds(0, 0, range(4000), 4)
+    u = torch.stack([uniforms(seeds, t) for t in range(3)]).flatten()
+    assert 0.0 <= float(u.min()) and float(u.max()) < 1.0
+    assert abs(float(u.mean()) - 0.5) < 0.005 and abs(float(u.var()) - 1 / 12) < 0.002
+    assert len(set(seeds.tolist())) == len(seeds)  # distinct streams per (prompt, sample)
+
+
+def test_sample_tokens_draws_from_the_distribution_and_never_a_zero_mass_token():
+    probs = torch.tensor([0.1, 0.0, 0.2, 0.7, 0.0])
+    seeds = row_seeds(3, 1, range(20_000), 1)
+    tokens = sample_tokens(probs.log().expand(len(seeds), -1), seeds, t=5)
+    frequencies = torch.bincount(tokens, minlength=5).double() / len(seeds)
+    torch.testing.assert_close(frequencies, probs.double(), atol=0.01, rtol=0)
+    assert frequencies[1] == 0 and frequencies[4] == 0
+
+
+def test_row_seeds_depend_on_every_part():
+    base = row_seeds(0, 0, [7], 2)
+    for other in (row_seeds(1, 0, [7], 2), row_seeds(0, 1, [7], 2), row_seeds(0, 0, [8], 2)):
+        assert not set(base.tolist()) & set(other.tolist())
+    assert derive_seed(0, 3, "update") != derive_seed(0, 3, "clip-cov")
+
+
+@pytest.mark.parametrize("method", ["constant", "ead-paper", "ead-entropy"])
+def test_a_prompt_alone_and_inside_a_batch_of_16_gets_identical_tokens(method):
+    model, tokenizer = tiny_model("llama", seed=2)
+    prompts = [f"prompt number {i}" + "x" * (i % 5) for i in range(16)]
+    params = {"tau": 1.0} if method == "constant" else {}
+    common = {"n": 3, "max_new_tokens": 24, "seed": 11, "step": 4}
+    backend = HFBackend(model, tokenizer, batch_size=5)  # compaction and several batches
+    batch = backend.generate(prompts, Method(method, params), **common)
+    alone = HFBackend(model, tokenizer).generate(
+        [prompts[9]], Method(method, params), prompt_indices=[9], **common
+    )
+    rows = torch.arange(27, 30)
+    width = alone.response_ids.shape[1]
+    assert torch.equal(batch.response_ids[rows, :width], alone.response_ids)
+    assert torch.equal(batch.response_mask[rows, :width], alone.response_mask)
+    assert batch.response_mask[rows, width:].sum() == 0
+    on = alone.response_mask.bool()
+    for name in ("behaviour_logprobs", "logprobs", "entropies", "temperatures"):
+        torch.testing.assert_close(
+            getattr(batch, name)[rows, :width][on], getattr(alone, name)[on], atol=1e-5, rtol=0
+        )
