@@ -46,6 +46,7 @@ parity: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(PY) -m pytest -q -p no:cacheprovider tests/test_architecture.py
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_sampling.py

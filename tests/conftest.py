@@ -7,8 +7,8 @@ _SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "da
 if os.path.isdir(_SHARED_DATA):
     os.environ.setdefault("CALMRL_DATA_DIR", os.path.abspath(_SHARED_DATA))
 
-import pytest
-import torch
+import pytest  # noqa: E402  (the environment above must be set first)
+import torch  # noqa: E402
 
 # Tiny test models gain nothing from threads, and OpenMP spinning collapses under load.
 torch.set_num_threads(1)

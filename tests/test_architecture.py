@@ -20,6 +20,7 @@ LAYERS: list[list[str]] = [
     ["calmrl.data", "calmrl.rewards", "calmrl.sampling", "calmrl.rl"],
     [
         "calmrl.config",
+        "calmrl.preflight",
         "calmrl.rl.trainer",
         "calmrl.eval",
         "calmrl.analysis",

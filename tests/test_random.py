@@ -31,7 +31,7 @@ def test_mix64_equals_the_reference_on_edge_and_random_words():
 def test_uniforms_lie_in_unit_interval_and_look_uniform():
     seeds = row_seeds(0, 0, range(4000), 4)
     u = torch.stack([uniforms(seeds, t) for t in range(3)]).flatten()
-    assert 0.0 <= float(u.min()) and float(u.max()) < 1.0
+    assert float(u.min()) >= 0.0 and float(u.max()) < 1.0
     assert abs(float(u.mean()) - 0.5) < 0.005 and abs(float(u.var()) - 1 / 12) < 0.002
     assert len(set(seeds.tolist())) == len(seeds)  # distinct streams per (prompt, sample)
 

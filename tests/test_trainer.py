@@ -172,8 +172,14 @@ def test_nonfinite_logits_skip_then_abort(tmp_path):
     trainer = Trainer(cfg, model=model, tokenizer=tokenizer)
     first = trainer.train_step()
     assert first["nonfinite"] == 1.0 and trainer.bad_steps == 1
-    with pytest.raises(TrainingAborted, match="train.max_bad_steps"):
-        trainer.train_step()
+    trainer.bad_steps = 0
+    with pytest.raises(
+        TrainingAborted, match="train.max_bad_steps: 2 consecutive steps up to step 2"
+    ):
+        trainer.train()
+    # The aborting step is logged before the run stops.
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [1, 2] and all(x["nonfinite"] for x in lines)
 
 
 def test_nonfinite_loss_skips_update_and_keeps_weights(tmp_path):

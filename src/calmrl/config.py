@@ -265,8 +265,16 @@ def _section_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
     return model
 
 
+class _Replace(dict):
+    """A mapping given whole on the command line (``rollout.params={tau: 1.0}``): it replaces
+    the YAML's mapping instead of merging into it, so one-line switches work with any recipe."""
+
+
 def parse_overrides(overrides: list[str]) -> dict[str, Any]:
-    """``["rollout.method=ead", "optim.lr=2e-6"]`` -> nested dict (values parsed as YAML)."""
+    """``["rollout.method=ead", "optim.lr=2e-6"]`` -> nested dict (values parsed as YAML).
+
+    ``a.b.c=1`` sets one key and keeps the rest of ``a.b``; ``a.b={c: 1}`` replaces ``a.b``.
+    """
     tree: dict[str, Any] = {}
     for item in overrides:
         key, sep, raw = item.partition("=")
@@ -276,38 +284,77 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
         *parents, leaf = key.split(".")
         for part in parents:
             node = node.setdefault(part, {})
-            if not isinstance(node, dict):
+            if not isinstance(node, dict) or isinstance(node, _Replace):
                 raise ConfigError(f"{key}: conflicts with an earlier override")
-        node[leaf] = yaml.safe_load(raw)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            raise ConfigError(f"{key}: {raw!r} is not a YAML value; quote strings") from None
+        node[leaf] = _Replace(value) if isinstance(value, dict) else value
     return tree
 
 
-def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+def _merge(base: dict[str, Any], update: dict[str, Any], where: str = "") -> dict[str, Any]:
     out = dict(base)
     for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
+        path = f"{where}{key}"
+        if isinstance(value, _Replace):
+            out[key] = dict(value)
+        elif isinstance(value, dict) and key in out and not isinstance(out[key], dict):
+            raise ConfigError(
+                f"{path}: the YAML sets it to {out[key]!r}, not a mapping of keys; fix the YAML"
+            )
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value, f"{path}.")
         else:
             out[key] = value
     return out
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+class _StrictLoader(yaml.SafeLoader):
+    """YAML that refuses a key given twice in one mapping (plain YAML keeps the last)."""
+
+
+def _mapping_without_duplicates(loader: _StrictLoader, node: yaml.MappingNode) -> dict:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node)
+        if key in seen:
+            line = key_node.start_mark.line + 1
+            raise ConfigError(f"{key}: given twice (line {line}); keep one")
+        seen.add(key)
+    return loader.construct_mapping(node)
+
+
+_StrictLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates
+)
+
+
+def read_yaml(path: Path, source: str = "--config") -> dict[str, Any]:
+    """A recipe file as a mapping; one-line errors name ``source`` and the line."""
+    if not path.is_file():
+        raise ConfigError(f"{source}: file {str(path)!r} does not exist")
+    try:
+        loaded = yaml.load(path.read_text(), Loader=_StrictLoader)
+    except ConfigError as error:
+        raise ConfigError(f"{source}: {path}: {error}") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{source}: {path}{where} is not valid YAML") from None
+    if loaded is None:
+        raise ConfigError(f"{source}: {path} is empty; give at least one section, e.g. train:")
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{source}: {path} must hold a mapping of sections")
+    return loaded
+
+
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | None = None, source: str = "--config"
+) -> Config:
     """Defaults <- YAML file <- overrides, validated once."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"--config: file {str(path)!r} does not exist")
-        try:
-            loaded = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as error:
-            mark = getattr(error, "problem_mark", None)
-            where = f" line {mark.line + 1}" if mark else ""
-            raise ConfigError(f"--config: {path}{where} is not valid YAML") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"--config: {path} must hold a mapping of sections")
-        data = loaded or {}
+    data = read_yaml(Path(path), source) if path is not None else {}
     data = _merge(data, parse_overrides(overrides or []))
     try:
         return Config.model_validate(data)

@@ -101,3 +101,26 @@ def write_json(path: str | os.PathLike[str], data: Any) -> None:
     with atomic_open(path) as handle:
         json.dump(data, handle, indent=2, ensure_ascii=False)
         handle.write("\n")
+
+
+def check_writable_dir(path: str | os.PathLike[str], key: str) -> None:
+    """Raise one line naming ``key`` unless ``path`` is, or can become, a writable directory.
+
+    Nothing is created: the nearest existing ancestor must be a writable directory.
+    """
+    target = Path(path)
+    for parent in [target, *target.parents]:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"{key}: {parent} is a file, not a directory; pick another path")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise ValueError(f"{key}: cannot write under {parent} (read-only?); pick another")
+            return
+
+
+def check_writable_file(path: str | os.PathLike[str], key: str) -> None:
+    """Raise one line naming ``key`` unless ``path`` can be written as a file."""
+    target = Path(path)
+    if target.is_dir():
+        raise ValueError(f"{key}: {target} is a directory; give a file name such as out.jsonl")
+    check_writable_dir(target.parent, key)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 
+import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
@@ -41,3 +42,22 @@ def tied_keys(model: PreTrainedModel) -> set[str]:
     """State-dict keys that alias another weight (absent from a saved checkpoint)."""
     tied = getattr(model, "_tied_weights_keys", None) or []
     return set(tied if isinstance(tied, list) else tied.keys())
+
+
+def check_device(name: str) -> torch.device:
+    """The device ``name`` names, if this machine has it (one-line errors otherwise)."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"{name!r} is not a device; use cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{name}: this machine has no CUDA device; use model.device=cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            count = torch.cuda.device_count()
+            raise ValueError(f"{name}: this machine has {count} CUDA device(s)")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"{name}: MPS is not available here; use model.device=cpu")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"{name}: calmrl runs on cpu, cuda or mps")
+    return device

@@ -76,3 +76,27 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     if not path.is_file():
         raise FileNotFoundError(f"run: {run_dir} has no metrics.jsonl (is it a calmrl run dir?)")
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+# What the console shows of each step (metrics.jsonl has everything).
+_SHOWN = {
+    "reward/mean": "reward",
+    "reward/accuracy": "acc",
+    "response/length_mean": "len",
+    "tis/mean": "tis_w",
+    "actor/entropy": "entropy",
+    "time/step": "s/step",
+}
+
+
+def step_line(step: int, steps: int, metrics: dict[str, Any]) -> str:
+    parts = [f"step {step}/{steps}"]
+    parts += [f"{label} {metrics[key]:.3f}" for key, label in _SHOWN.items() if key in metrics]
+    parts += [
+        f"{key.removeprefix('eval/')} {value:.3f}"
+        for key, value in metrics.items()
+        if key.startswith(("eval/pass@", "eval/worst@"))
+    ]
+    if metrics.get("nonfinite"):
+        parts.append("skipped: non-finite")
+    return "  ".join(parts)

@@ -18,44 +18,60 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import pickle
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from calmrl.config import Config
-from calmrl.data import Problem, load_problems
-from calmrl.data.prompts import PromptFormat
+from calmrl.data import Problem
 from calmrl.eval.runner import EvalResult, evaluate
 from calmrl.io import atomic_open, write_json
 from calmrl.models import load_model
 from calmrl.models.compat import enable_checkpointing
 from calmrl.models.lora import with_lora
-from calmrl.rewards import evaluation_verifier, get_reward
+from calmrl.preflight import as_config_error, check_inputs
 from calmrl.rewards.shaping import overlong_penalty
 from calmrl.rl.advantages import ADVANTAGES
 from calmrl.rl.batch import Batch, PromptStream, informative_rows, make_batch, regroup
 from calmrl.rl.checkpoint import (
-    latest_checkpoint,
+    list_checkpoints,
     load_model_weights,
     load_trainer_state,
     save_checkpoint,
     save_final,
     set_rng_state,
 )
-from calmrl.rl.run_dir import claim_run_dir
-from calmrl.rl.run_logger import RunLogger
+from calmrl.rl.run_dir import (
+    discard_previous_run,
+    mark_run,
+    restore_previous_run,
+    set_aside_previous_run,
+)
+from calmrl.rl.run_logger import RunLogger, step_line
+from calmrl.rl.signals import StopFlag, stop_on_signals
 from calmrl.rl.update import PolicyUpdate
 from calmrl.rl.value_head import ValueHead
-from calmrl.sampling import Method, NonFiniteLogitsError, Rollouts, build_backend
+from calmrl.sampling import NonFiniteLogitsError, Rollouts, build_backend
 from calmrl.sampling.metrics import rollout_metrics, throughput
 from calmrl.sampling.random import derive_seed
 
 
 class TrainingAborted(RuntimeError):
     """Too many consecutive steps with a non-finite loss, gradient or logits."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """SIGTERM / SIGINT: the step finished and a checkpoint was written."""
+
+    def __init__(self, message: str, *, signal: int):
+        super().__init__(message)
+        self.signal = signal
 
 
 class Trainer:
@@ -72,43 +88,22 @@ class Trainer:
         self.run_dir = Path(cfg.train.output_dir)
         self.console = console
         # Everything that bad input can break is checked before the model loads.
-        data = cfg.data
-        fields = {"question_field": data.question_field, "answer_field": data.answer_field}
-        self.train_problems = _as_config_error(
-            "data.train", load_problems, data.train, limit=data.train_limit, seed=cfg.train.seed,
-            **fields,
-        )  # fmt: skip
-        self.eval_problems = []
-        if data.eval and cfg.train.eval_every > 0:
-            self.eval_problems = _as_config_error(
-                "data.eval", load_problems, data.eval, limit=data.eval_limit, seed=data.eval_seed,
-                **fields,
-            )  # fmt: skip
-        self.prompt_format = _as_config_error(
-            "data.few_shot",
-            PromptFormat.build,
-            system=data.system,
-            math_suffix=data.math_suffix,
-            few_shot=data.few_shot,
+        inputs = check_inputs(cfg, resume=resume)
+        self.train_problems, self.eval_problems = inputs.train_problems, inputs.eval_problems
+        self.prompt_format, self.reward_fn = inputs.prompt_format, inputs.reward_fn
+        self.verifier, self.method, self.eval_method = (
+            inputs.verifier,
+            inputs.method,
+            inputs.eval_method,
         )
-        self.reward_fn = _as_config_error(
-            "reward", get_reward, cfg.reward.name, **cfg.reward.params
-        )
-        self.verifier = evaluation_verifier(self.reward_fn)
-        rollout = cfg.rollout
-        self.method = Method(
-            rollout.method, rollout.params, rollout.top_k, rollout.top_p, rollout.min_p
-        )
-        self.eval_method = Method(cfg.train.eval_method, cfg.train.eval_params)
-        checkpoint = latest_checkpoint(self.run_dir) if resume else None
-        if not resume:
-            claim_run_dir(self.run_dir, overwrite=cfg.train.overwrite)
+        checkpoints = list_checkpoints(self.run_dir) if resume else []  # preflight: >= 1
 
         torch.manual_seed(cfg.train.seed)
         if model is None:
-            model, tokenizer = load_model(
-                cfg.model.name, dtype=getattr(torch, cfg.model.dtype), device=cfg.model.device
-            )
+            with self._status(f"loading {cfg.model.name}"):
+                model, tokenizer = load_model(
+                    cfg.model.name, dtype=getattr(torch, cfg.model.dtype), device=inputs.device
+                )
         self.tokenizer = tokenizer
         if cfg.model.gradient_checkpointing:
             enable_checkpointing(model)
@@ -123,8 +118,10 @@ class Trainer:
         if algo.kl_coef > 0:
             reference = copy.deepcopy(model).eval().requires_grad_(False)
         self.backend = build_backend(
-            rollout.backend, model, tokenizer, batch_size=rollout.batch_size
+            cfg.rollout.backend, model, tokenizer, batch_size=cfg.rollout.batch_size
         )
+        for key, method in (("rollout", self.method), ("train.eval", self.eval_method)):
+            as_config_error(key, self.backend.check, method)
 
         param_groups = [{"params": [p for p in model.parameters() if p.requires_grad]}]
         if self.value_head is not None:
@@ -144,9 +141,11 @@ class Trainer:
         self.step = 0
         self.bad_steps = 0
         self.last_eval: EvalResult | None = None
-        if checkpoint is not None:
-            self._restore(checkpoint)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if resume:
+            self._restore(checkpoints)
+        # Only now, with every input checked and the model loaded, may an earlier run go.
+        self.previous_run = set_aside_previous_run(self.run_dir) if not resume else None
+        mark_run(self.run_dir)
         with atomic_open(self.run_dir / "config.yaml") as handle:
             handle.write(cfg.to_yaml())
         self.logger = RunLogger(
@@ -160,14 +159,32 @@ class Trainer:
     # -- the loop -------------------------------------------------------------------------------
 
     def train(self) -> dict[str, Any]:
-        """Train to ``train.steps``; returns the evaluations ``before`` / ``after`` (if any)."""
+        """Train to ``train.steps``; returns the evaluations ``before`` / ``after`` (if any).
+
+        SIGTERM or SIGINT finishes the current step, writes a checkpoint and raises
+        ``TrainingInterrupted``; a second signal abandons the step at once. If the run fails
+        before its first checkpoint, an earlier run it replaced is moved back.
+        """
+        try:
+            with stop_on_signals() as stop:
+                history = self._train(stop)
+        except BaseException:
+            if self.previous_run is not None:
+                restore_previous_run(self.run_dir)
+                self.previous_run = None
+            raise
+        finally:
+            self.logger.close()
+        return history
+
+    def _train(self, stop: StopFlag) -> dict[str, Any]:
         cfg = self.config.train
         history: dict[str, Any] = {}
         if cfg.eval_every and self.step == 0:
-            with self._status("evaluating before training"):
+            with self._status(f"evaluating before training ({len(self.eval_problems)} problems)"):
                 history["before"] = self.run_eval()
             self.logger.log(0, history["before"].flat_metrics(prefix="eval/"))
-        while self.step < cfg.steps:
+        while self.step < cfg.steps and not stop.signal:
             started = time.perf_counter()
             with self._status(f"step {self.step + 1}/{cfg.steps}: rollouts, rewards, update"):
                 metrics = self.train_step()
@@ -178,12 +195,25 @@ class Trainer:
                     metrics.update(self.run_eval().flat_metrics(prefix="eval/"))
             self.logger.log(self.step, metrics)
             self._report(metrics)
-            if cfg.save_every and self.step % cfg.save_every == 0:
+            if self.bad_steps >= cfg.max_bad_steps:
+                raise TrainingAborted(
+                    f"train.max_bad_steps: {self.bad_steps} consecutive steps up to step "
+                    f"{self.step} had a non-finite loss, gradient or logits; lower optim.lr or "
+                    "check the data"
+                )
+            # A skipped step checkpoints nothing, so it cannot rotate a good checkpoint out.
+            if cfg.save_every and self.step % cfg.save_every == 0 and not metrics.get("nonfinite"):
                 self.save()
+        if stop.signal:
+            path = self.save()
+            raise TrainingInterrupted(
+                f"interrupted by {stop.name} after step {self.step}; checkpoint {path}; "
+                f"continue with: calmrl train --resume {self.run_dir}",
+                signal=stop.signal,
+            )
         if self.last_eval is not None:
             history["after"] = self.last_eval
         self.save_final()
-        self.logger.close()
         return history
 
     def train_step(self) -> dict[str, float]:
@@ -210,7 +240,8 @@ class Trainer:
         except NonFiniteLogitsError:
             metrics = {"nonfinite": 1.0}
         if metrics.get("nonfinite"):
-            self._count_bad_step()
+            self.bad_steps += 1
+            self.optimizer.zero_grad(set_to_none=True)
         else:
             self.bad_steps = 0
             if not metrics.get("skipped_no_signal"):
@@ -291,15 +322,6 @@ class Trainer:
         metrics = {**metrics, "rows_trained": float(len(rollouts))}
         return make_batch(rollouts, rewards, algo, forward=forward, metrics=metrics)
 
-    def _count_bad_step(self) -> None:
-        self.bad_steps += 1
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.bad_steps >= self.config.train.max_bad_steps:
-            raise TrainingAborted(
-                f"train.max_bad_steps: {self.bad_steps} consecutive steps had a non-finite "
-                "loss, gradient or logits; lower optim.lr or check the data"
-            )
-
     # -- evaluation, console ----------------------------------------------------------------------
 
     def run_eval(self) -> EvalResult:
@@ -333,24 +355,9 @@ class Trainer:
         return self.console.status(message) if self.console else contextlib.nullcontext()
 
     def _report(self, metrics: dict[str, Any]) -> None:
-        if self.console is None:
-            return
-        shown = {
-            "reward/mean": "reward",
-            "reward/accuracy": "acc",
-            "response/length_mean": "len",
-            "tis/mean": "tis_w",
-            "actor/entropy": "entropy",
-            "time/step": "s/step",
-        }
-        parts = [f"step {self.step}/{self.config.train.steps}"]
-        parts += [f"{label} {metrics[key]:.3f}" for key, label in shown.items() if key in metrics]
-        parts += [
-            f"{key.removeprefix('eval/')} {value:.3f}"
-            for key, value in metrics.items()
-            if key.startswith(("eval/pass@", "eval/worst@"))
-        ]
-        self.console.print("  ".join(parts), soft_wrap=True)
+        if self.console is not None:
+            line = step_line(self.step, self.config.train.steps, metrics)
+            self.console.print(line, soft_wrap=True)
 
     # -- checkpoints ----------------------------------------------------------------------------
 
@@ -365,38 +372,55 @@ class Trainer:
         }
 
     def save(self) -> Path:
-        return save_checkpoint(
+        path = save_checkpoint(
             self.run_dir, self.step, self.model, self.tokenizer, self.trainer_state(),
             keep=self.config.train.keep_checkpoints,
         )  # fmt: skip
+        self._drop_previous_run()
+        return path
 
     def save_final(self) -> Path:
-        return save_final(self.run_dir, self.model, self.tokenizer, self.value_head)
+        path = save_final(self.run_dir, self.model, self.tokenizer, self.value_head)
+        self._drop_previous_run()
+        return path
 
-    def _restore(self, latest: Path) -> None:
-        load_model_weights(latest, self.model, self.device)
-        state = load_trainer_state(latest)
+    def _drop_previous_run(self) -> None:
+        """The new run has a checkpoint of its own: the run it replaced can go."""
+        if self.previous_run is not None:
+            discard_previous_run(self.run_dir)
+            self.previous_run = None
+
+    def _restore(self, checkpoints: list[Path]) -> None:
+        """The newest checkpoint that loads; a truncated or corrupt one is skipped with a warning.
+
+        The non-finite streak is not carried over: a resumed run (say, with a lower learning
+        rate) starts counting afresh.
+        """
+        for checkpoint in reversed(checkpoints):
+            try:
+                load_model_weights(checkpoint, self.model, self.device)
+                state = load_trainer_state(checkpoint)
+                break
+            except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, SafetensorError) as e:
+                warnings.warn(
+                    f"--resume: checkpoint {checkpoint} is unreadable ({type(e).__name__}); "
+                    "using the one before it",
+                    stacklevel=2,
+                )
+        else:
+            raise FileNotFoundError(f"--resume: no readable checkpoint under {self.run_dir}")
         if self.value_head is not None:
             if state.get("value_head") is None:
-                raise ValueError(f"--resume: checkpoint {latest} has no value head (advantage=gae)")
+                raise ValueError(f"--resume: {checkpoint} has no value head (advantage=gae)")
             self.value_head.load_state_dict(state["value_head"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.lr_schedule.load_state_dict(state["lr_schedule"])
         self.step, self.stream.cursor = state["step"], state["cursor"]
-        self.bad_steps = state["bad_steps"]
         set_rng_state(state["rng"])
 
     @property
     def finished(self) -> bool:
         return self.step >= self.config.train.steps
-
-
-def _as_config_error(key: str, build: Any, *args: Any, **kwargs: Any) -> Any:
-    """Call ``build``; a bad-input error is re-raised as one line naming the config key."""
-    try:
-        return build(*args, **kwargs)
-    except (ValueError, FileNotFoundError, TypeError) as error:
-        raise ValueError(f"{key}: {error}") from None
 
 
 def run_training(config: Config, *, resume: bool = False, console: Any = None) -> dict[str, Any]:

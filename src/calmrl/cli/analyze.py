@@ -1,0 +1,84 @@
+"""``calmrl plot`` and ``calmrl analyze ...``: figures of runs, results and the papers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from calmrl.cli.app import UsageError, _progress, app
+from calmrl.models import DEFAULT_MODEL
+
+
+@app.command()
+def plot(
+    runs: Annotated[list[Path], typer.Argument(help="Run directories or eval result JSON files.")],
+    output: Annotated[Path, typer.Option("-o", help="Where to write the PNGs.")] = Path("plots"),
+) -> None:
+    """Draw training curves of runs (or pass@k/worst@k/maj@k curves of eval results)."""
+    from calmrl.analysis.plots import plot_eval_results, plot_training_runs
+
+    files = [r for r in runs if r.is_file()]
+    dirs = [r for r in runs if r.is_dir()]
+    missing = [r for r in runs if not r.exists()]
+    if missing:
+        raise UsageError(f"runs: {missing[0]} does not exist")
+    written = []
+    if dirs:
+        written += plot_training_runs(dirs, output)
+    if files:
+        written += plot_eval_results(files, output)
+    for path in written:
+        typer.echo(str(path))
+
+
+analyze_app = typer.Typer(help="Analyses that reproduce the papers' figures.", no_args_is_help=True)
+app.add_typer(analyze_app, name="analyze")
+
+
+@analyze_app.command("layer-entropy")
+def layer_entropy(
+    model: Annotated[str, typer.Option(help="Built-in name, .gguf, HF dir or hub id.")] = (
+        DEFAULT_MODEL
+    ),
+    dataset: Annotated[str, typer.Option(help="Preset, file or built-in task.")] = "arith-add-2",
+    few_shot: Annotated[
+        str | None, typer.Option(help="Built-in task whose 2-shot examples to prepend.")
+    ] = None,
+    limit: Annotated[int, typer.Option(help="Number of problems.")] = 8,
+    n: Annotated[int, typer.Option("-n", help="Samples per problem.")] = 2,
+    max_new_tokens: int = 128,
+    temperature: float = 0.6,
+    seed: int = 0,
+    output: Annotated[Path, typer.Option("-o", help="Output directory.")] = Path(
+        "analysis/layer-entropy"
+    ),
+) -> None:
+    """Mean entropy of every layer's posterior (logit lens) over generated tokens: CSV + PNG."""
+    from calmrl.analysis.layer_entropy import layer_entropy_report
+    from calmrl.data import load_problems
+    from calmrl.data.prompts import PromptFormat
+    from calmrl.models import load_model
+    from calmrl.sampling import HFBackend
+
+    problems = load_problems(dataset, limit=limit, seed=seed)
+    prompt_format = PromptFormat.build(few_shot=few_shot)
+    lm, tokenizer = load_model(model)
+    prompts = prompt_format.render_all(tokenizer, [p.question for p in problems])
+    title = f"Layer entropy: {Path(model).name}, {dataset} ({len(problems)} x {n}, T={temperature})"
+    with _progress() as bar:
+        tasks: dict[str, Any] = {}
+
+        def advance(phase: str, done: int, total: int) -> None:
+            if phase not in tasks:
+                tasks[phase] = bar.add_task(phase, total=total)
+            bar.advance(tasks[phase], done)
+
+        summary = layer_entropy_report(
+            lm, HFBackend(lm, tokenizer), prompts, n=n, max_new_tokens=max_new_tokens, seed=seed,
+            out_dir=output, temperature=temperature, title=title, progress=advance,
+        )  # fmt: skip
+    for key, value in summary.items():
+        if key != "rows":  # those are in the CSV
+            typer.echo(f"{key}: {value}")
