@@ -31,7 +31,11 @@ def run_training_demo(overrides: list[str] | None = None) -> dict[str, EvalResul
     """Train on the built-in default, then show held-out metrics before and after."""
     console = Console()
     # The demo is meant to be re-run: it replaces its own earlier run.
-    config = load_config(None, ["train.overwrite=true", *(overrides or [])])
+    # It writes a checkpoint at its last step, so `calmrl train --resume runs/demo` continues it.
+    steps = Config().train.steps
+    config = load_config(
+        None, ["train.overwrite=true", f"train.save_every={steps}", *(overrides or [])]
+    )
     run_dir = Path(config.train.output_dir)
     console.print(
         f"[bold]calmrl demo[/]: {config.model.name}, task {config.data.train}, "

@@ -49,8 +49,11 @@ def as_config_error(key: str, build: Callable[..., Any], *args: Any, **kwargs: A
         raise ValueError(f"{key}: {message}") from None
 
 
-def check_inputs(cfg: Config, *, resume: bool = False) -> Inputs:
+def check_inputs(cfg: Config, *, resume: bool = False, model_given: bool = False) -> Inputs:
+    """``model_given``: the caller passes a model object, so ``model.name`` is not loaded."""
     device = as_config_error("model.device", check_device, cfg.model.device)
+    if not model_given:
+        check_model_source(cfg.model.name)
     check_output_dir(Path(cfg.train.output_dir), resume=resume, overwrite=cfg.train.overwrite)
     data = cfg.data
     fields = {"question_field": data.question_field, "answer_field": data.answer_field}

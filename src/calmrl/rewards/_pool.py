@@ -29,6 +29,30 @@ _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 # Budget for interpreter start-up plus imports on a busy machine; not part of the item deadline.
 STARTUP_TIMEOUT_S = 60.0
 
+# A worker stuck in a long computation that holds the GIL (a huge sympy power) cannot notice
+# that its parent died (kill -9), so a watchdog process beside it, which holds no GIL of the
+# worker's, kills it when the pool process is gone. It imports nothing and sleeps.
+_WATCHDOG = """
+import os, signal, sys, time
+pool, worker = int(sys.argv[1]), int(sys.argv[2])
+def alive(pid):
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+while alive(worker):
+    if os.getppid() != pool:
+        try:
+            os.kill(worker, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        break
+    time.sleep(0.5)
+"""
+
 
 class _Worker:
     """One verifier subprocess with at most one request in flight."""
@@ -41,6 +65,11 @@ class _Worker:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=env,
+        )
+        self.watchdog = subprocess.Popen(
+            [sys.executable, "-S", "-c", _WATCHDOG, str(os.getpid()), str(self.proc.pid)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
         )
         self.ready = False
         self._buffer = b""
@@ -64,6 +93,8 @@ class _Worker:
     def kill(self) -> None:
         self.proc.kill()
         self.proc.wait()
+        self.watchdog.kill()
+        self.watchdog.wait()
         for pipe in (self.proc.stdin, self.proc.stdout):
             with contextlib.suppress(OSError):  # e.g. an unflushed request to a dead worker
                 pipe.close()

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 from typing import Any
+
+from calmrl.io import atomic_open
 
 
 class RunLogger:
@@ -22,20 +25,18 @@ class RunLogger:
     ):
         self.path = run_dir / "metrics.jsonl"
         if resume_step is not None and self.path.exists():
-            kept = [
-                line
-                for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= resume_step
-            ]
-            self.path.write_text("".join(line + "\n" for line in kept))
+            kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= resume_step]
+            with atomic_open(self.path) as handle:
+                handle.writelines(json.dumps(record) + "\n" for record in kept)
         self._tb = None
+        self.tensorboard_missing = False
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
                 self._tb = SummaryWriter(str(run_dir / "tensorboard"))
             except ImportError:  # tensorboard is an optional extra
-                self._tb = None
+                self.tensorboard_missing = True
         self._wandb = None
         if wandb_project:
             import wandb  # optional; a clear ImportError names the package
@@ -71,11 +72,27 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    path = Path(run_dir) / "metrics.jsonl"
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a run's ``metrics.jsonl`` (``path``: the file or its run directory).
+
+    A last line cut short (a full disk, a kill mid-write) is dropped with a warning; a broken
+    line before the last is an error naming the file and line.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / "metrics.jsonl"
     if not path.is_file():
-        raise FileNotFoundError(f"run: {run_dir} has no metrics.jsonl (is it a calmrl run dir?)")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        raise FileNotFoundError(f"run: {path.parent} has no metrics.jsonl (is it a calmrl run?)")
+    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number < len(lines):
+                raise ValueError(f"{path}, line {number}: not a JSON record") from None
+            warnings.warn(f"{path}: dropping a cut-off last line", stacklevel=2)
+    return records
 
 
 # What the console shows of each step (metrics.jsonl has everything).
@@ -89,7 +106,7 @@ _SHOWN = {
 }
 
 
-def step_line(step: int, steps: int, metrics: dict[str, Any]) -> str:
+def step_line(step: int, steps: int, metrics: dict[str, Any], eta_s: float = 0.0) -> str:
     parts = [f"step {step}/{steps}"]
     parts += [f"{label} {metrics[key]:.3f}" for key, label in _SHOWN.items() if key in metrics]
     parts += [
@@ -99,4 +116,6 @@ def step_line(step: int, steps: int, metrics: dict[str, Any]) -> str:
     ]
     if metrics.get("nonfinite"):
         parts.append("skipped: non-finite")
+    if eta_s > 0:
+        parts.append(f"eta {int(eta_s // 60)}m{int(eta_s % 60):02d}s")
     return "  ".join(parts)

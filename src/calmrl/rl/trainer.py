@@ -37,6 +37,7 @@ from calmrl.models.compat import enable_checkpointing
 from calmrl.models.lora import with_lora
 from calmrl.preflight import as_config_error, check_inputs
 from calmrl.rewards.shaping import overlong_penalty
+from calmrl.rl import run_dir as runs
 from calmrl.rl.advantages import ADVANTAGES
 from calmrl.rl.batch import Batch, PromptStream, informative_rows, make_batch, regroup
 from calmrl.rl.checkpoint import (
@@ -46,12 +47,6 @@ from calmrl.rl.checkpoint import (
     save_checkpoint,
     save_final,
     set_rng_state,
-)
-from calmrl.rl.run_dir import (
-    discard_previous_run,
-    mark_run,
-    restore_previous_run,
-    set_aside_previous_run,
 )
 from calmrl.rl.run_logger import RunLogger, step_line
 from calmrl.rl.signals import StopFlag, stop_on_signals
@@ -88,14 +83,11 @@ class Trainer:
         self.run_dir = Path(cfg.train.output_dir)
         self.console = console
         # Everything that bad input can break is checked before the model loads.
-        inputs = check_inputs(cfg, resume=resume)
+        inputs = check_inputs(cfg, resume=resume, model_given=model is not None)
         self.train_problems, self.eval_problems = inputs.train_problems, inputs.eval_problems
         self.prompt_format, self.reward_fn = inputs.prompt_format, inputs.reward_fn
-        self.verifier, self.method, self.eval_method = (
-            inputs.verifier,
-            inputs.method,
-            inputs.eval_method,
-        )
+        self.verifier, self.method = inputs.verifier, inputs.method
+        self.eval_method = inputs.eval_method
         checkpoints = list_checkpoints(self.run_dir) if resume else []  # preflight: >= 1
 
         torch.manual_seed(cfg.train.seed)
@@ -141,11 +133,12 @@ class Trainer:
         self.step = 0
         self.bad_steps = 0
         self.last_eval: EvalResult | None = None
+        self._step_seconds: list[float] = []
         if resume:
             self._restore(checkpoints)
         # Only now, with every input checked and the model loaded, may an earlier run go.
-        self.previous_run = set_aside_previous_run(self.run_dir) if not resume else None
-        mark_run(self.run_dir)
+        self.previous_run = runs.set_aside_previous_run(self.run_dir) if not resume else None
+        runs.mark_run(self.run_dir)
         with atomic_open(self.run_dir / "config.yaml") as handle:
             handle.write(cfg.to_yaml())
         self.logger = RunLogger(
@@ -155,6 +148,12 @@ class Trainer:
             wandb_project=cfg.train.wandb_project,
             config=cfg.model_dump(mode="json"),
         )
+        if self.logger.tensorboard_missing and console is not None:
+            console.print(
+                "note: tensorboard is not installed, so no TensorBoard events (pip install "
+                "tensorboard, or train.tensorboard=false); metrics.jsonl has every metric",
+                soft_wrap=True,
+            )
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -170,7 +169,7 @@ class Trainer:
                 history = self._train(stop)
         except BaseException:
             if self.previous_run is not None:
-                restore_previous_run(self.run_dir)
+                runs.restore_previous_run(self.run_dir)
                 self.previous_run = None
             raise
         finally:
@@ -355,9 +354,17 @@ class Trainer:
         return self.console.status(message) if self.console else contextlib.nullcontext()
 
     def _report(self, metrics: dict[str, Any]) -> None:
-        if self.console is not None:
-            line = step_line(self.step, self.config.train.steps, metrics)
-            self.console.print(line, soft_wrap=True)
+        if self.console is None:
+            return
+        self._step_seconds.append(metrics["time/step"])
+        left = (
+            (self.config.train.steps - self.step)
+            * sum(self._step_seconds)
+            / len(self._step_seconds)
+        )
+        line = step_line(self.step, self.config.train.steps, metrics)
+        eta = f"  eta {int(left // 60)}m{int(left % 60):02d}s" if left else ""
+        self.console.print(line + eta, soft_wrap=True)
 
     # -- checkpoints ----------------------------------------------------------------------------
 
@@ -387,7 +394,7 @@ class Trainer:
     def _drop_previous_run(self) -> None:
         """The new run has a checkpoint of its own: the run it replaced can go."""
         if self.previous_run is not None:
-            discard_previous_run(self.run_dir)
+            runs.discard_previous_run(self.run_dir)
             self.previous_run = None
 
     def _restore(self, checkpoints: list[Path]) -> None:
