@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 import yaml
@@ -44,3 +44,31 @@ def _progress():
         TimeElapsedColumn(),
         transient=False,
     )
+
+
+# Options that several commands share, defined once so their help cannot drift.
+ModelOption = Annotated[
+    str, typer.Option("--model", help="Built-in name, .gguf file, HF directory or hub id.")
+]
+MaxNewTokens = Annotated[
+    int, typer.Option("--max-new-tokens", help="Tokens per response, at most.")
+]
+TopK = Annotated[int | None, typer.Option("--top-k", help="Keep the k most likely tokens.")]
+TopP = Annotated[float | None, typer.Option("--top-p", help="Nucleus sampling mass (0, 1].")]
+MinP = Annotated[
+    float | None, typer.Option("--min-p", help="Drop tokens below min_p x the top probability.")
+]
+SystemOption = Annotated[str | None, typer.Option("--system", help="System prompt.")]
+MathSuffix = Annotated[
+    bool, typer.Option("--math-suffix/--no-math-suffix", help="Append the \\boxed{} instruction.")
+]
+FewShot = Annotated[
+    str | None,
+    typer.Option("--few-shot", help="Built-in task whose 2-shot examples to prepend."),
+]
+QuestionField = Annotated[
+    str | None, typer.Option("--question-field", help="Question field of a data file.")
+]
+AnswerField = Annotated[
+    str | None, typer.Option("--answer-field", help="Gold-answer field of a data file.")
+]

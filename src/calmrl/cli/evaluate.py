@@ -7,7 +7,22 @@ from typing import Annotated
 
 import typer
 
-from calmrl.cli.app import METHODS, UsageError, _progress, app
+from calmrl.cli.app import (
+    METHODS,
+    AnswerField,
+    FewShot,
+    MathSuffix,
+    MaxNewTokens,
+    MinP,
+    ModelOption,
+    QuestionField,
+    SystemOption,
+    TopK,
+    TopP,
+    UsageError,
+    _progress,
+    app,
+)
 from calmrl.models import DEFAULT_MODEL
 
 EVAL_METHOD_HELP = (
@@ -22,31 +37,40 @@ def eval_(
         str, typer.Option("--dataset", "-d", help="Preset (gsm8k, ...), file or built-in task.")
     ],
     method: Annotated[list[str], typer.Option("--method", "-m", help=EVAL_METHOD_HELP)],
-    limit: Annotated[int | None, typer.Option(help="Use the first N problems.")] = None,
-    data_seed: Annotated[int, typer.Option(help="Seed of built-in task problems.")] = 0,
-    model: Annotated[str, typer.Option(help="Built-in name, .gguf, HF dir or hub id.")] = (
-        DEFAULT_MODEL
-    ),
-    n: Annotated[int, typer.Option("-n", help="Samples per problem.")] = 16,
+    limit: Annotated[int | None, typer.Option("--limit", help="Use the first N problems.")] = None,
+    data_seed: Annotated[
+        int, typer.Option("--data-seed", help="Seed of built-in task problems.")
+    ] = 0,
+    question_field: QuestionField = None,
+    answer_field: AnswerField = None,
+    model: ModelOption = DEFAULT_MODEL,
+    n: Annotated[int, typer.Option("--samples", "-n", help="Samples per problem.")] = 16,
     k: Annotated[
         str | None, typer.Option("--ks", "-k", help="Comma-separated k; default: powers of 2 to n.")
     ] = None,
-    max_new_tokens: int = 256,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    min_p: float | None = None,
-    seed: Annotated[int, typer.Option(help="Sampling seed, the same for every method.")] = 0,
-    system: Annotated[str | None, typer.Option(help="System prompt.")] = None,
-    math_suffix: Annotated[bool, typer.Option(help="Append the \\boxed{} instruction.")] = True,
-    few_shot: Annotated[
-        str | None, typer.Option(help="Built-in task whose 2-shot examples to prepend.")
-    ] = None,
+    max_new_tokens: MaxNewTokens = 256,
+    top_k: TopK = None,
+    top_p: TopP = None,
+    min_p: MinP = None,
+    seed: Annotated[
+        int, typer.Option("--seed", help="Sampling seed, the same for every method.")
+    ] = 0,
+    system: SystemOption = None,
+    math_suffix: MathSuffix = True,
+    few_shot: FewShot = None,
     number_fallback: Annotated[
-        bool, typer.Option(help="Grade the last number when a response has no \\boxed{}.")
+        bool,
+        typer.Option(
+            "--number-fallback/--no-number-fallback",
+            help="Grade the last number when a response has no \\boxed{}.",
+        ),
     ] = False,
-    batch_size: int = 64,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", help="Rows decoded together (whole problems).")
+    ] = 64,
     save_responses: Annotated[
-        bool, typer.Option(help="Store every response in the JSON (for rescoring).")
+        bool,
+        typer.Option("--save-responses", help="Store every response in the JSON (rescoring)."),
     ] = False,
     output_dir: Annotated[
         Path, typer.Option("--output-dir", "-o", help="Where to write JSONs and PNGs.")
@@ -74,7 +98,9 @@ def eval_(
         summary_metrics,
         write_result,
     )
+    from calmrl.io import check_writable_dir
     from calmrl.models import load_model
+    from calmrl.preflight import check_model_source
     from calmrl.rewards import get_reward
     from calmrl.sampling import HFBackend
 
@@ -83,7 +109,15 @@ def eval_(
     methods = [s.to_method(top_k=top_k, top_p=top_p, min_p=min_p) for s in specs]
     ks = parse_ks(k, n)
     prompt_format = PromptFormat.build(system=system, math_suffix=math_suffix, few_shot=few_shot)
-    problems = load_problems(dataset, limit=limit, seed=data_seed)
+    check_writable_dir(output_dir, "--output-dir")
+    check_model_source(model)
+    problems = load_problems(
+        dataset,
+        limit=limit,
+        seed=data_seed,
+        question_field=question_field,
+        answer_field=answer_field,
+    )
     if not problems:
         raise UsageError(f"--dataset: {dataset!r} gave no problems")
     console = Console(stderr=True)
@@ -102,6 +136,8 @@ def eval_(
         "limit": limit,
         "data_seed": data_seed,
         "few_shot": few_shot,
+        "question_field": question_field,
+        "answer_field": answer_field,
         "math_suffix": math_suffix,
         "system": system,
         "number_fallback": number_fallback,

@@ -7,43 +7,65 @@ from typing import Annotated
 
 import typer
 
-from calmrl.cli.app import METHODS, UsageError, _progress, app, parse_params
+from calmrl.cli.app import (
+    METHODS,
+    FewShot,
+    MathSuffix,
+    MaxNewTokens,
+    MinP,
+    ModelOption,
+    QuestionField,
+    SystemOption,
+    TopK,
+    TopP,
+    UsageError,
+    _progress,
+    app,
+    parse_params,
+)
 from calmrl.models import DEFAULT_MODEL
 
 
 @app.command()
 def sample(
     prompt: Annotated[
-        list[str] | None, typer.Option("--prompt", help="A question; repeat.")
+        list[str] | None, typer.Option("--prompt", help="A question; repeat for several.")
     ] = None,
     prompts_file: Annotated[
-        Path | None, typer.Option(help="jsonl/parquet file, dataset preset or built-in task.")
+        Path | None,
+        typer.Option("--prompts-file", help="jsonl/parquet file, dataset preset or built-in task."),
     ] = None,
-    field: Annotated[str | None, typer.Option(help="Question field in --prompts-file.")] = None,
-    limit: Annotated[int | None, typer.Option(help="Use the first N questions.")] = None,
-    model: Annotated[str, typer.Option(help="Built-in name, .gguf, HF dir or hub id.")] = (
-        DEFAULT_MODEL
+    field: QuestionField = None,
+    limit: Annotated[int | None, typer.Option("--limit", help="Use the first N questions.")] = None,
+    model: ModelOption = DEFAULT_MODEL,
+    method: Annotated[str, typer.Option("--method", help=f"Sampling method: {METHODS}.")] = (
+        "ead-paper"
     ),
-    method: Annotated[str, typer.Option(help=f"Sampling method: {METHODS}.")] = "ead-paper",
     param: Annotated[
-        list[str] | None, typer.Option("--param", "-p", help="Method parameter key=value.")
+        list[str] | None,
+        typer.Option("--param", "-p", help="Method parameter key=value; repeat."),
     ] = None,
-    n: Annotated[int, typer.Option("-n", help="Samples per prompt.")] = 4,
-    max_new_tokens: int = 128,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    min_p: float | None = None,
-    step: Annotated[int, typer.Option(help="Training step for step-aware decay.")] = 0,
-    seed: int = 0,
-    system: Annotated[str | None, typer.Option(help="System prompt.")] = None,
-    math_suffix: Annotated[bool, typer.Option(help="Append the \\boxed{} instruction.")] = True,
-    few_shot: Annotated[
-        str | None, typer.Option(help="Built-in task whose 2-shot examples to prepend.")
+    n: Annotated[int, typer.Option("--samples", "-n", help="Samples per prompt.")] = 4,
+    max_new_tokens: MaxNewTokens = 128,
+    top_k: TopK = None,
+    top_p: TopP = None,
+    min_p: MinP = None,
+    step: Annotated[int, typer.Option("--step", help="Training step for step-aware decay.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", help="Sampling seed.")] = 0,
+    system: SystemOption = None,
+    math_suffix: MathSuffix = True,
+    few_shot: FewShot = None,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", help="Rows decoded together (whole prompts).")
+    ] = 16,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write records to this jsonl file.")
     ] = None,
-    batch_size: int = 16,
-    output: Annotated[Path | None, typer.Option("-o", help="Write records to this jsonl.")] = None,
     with_tokens: Annotated[
-        bool, typer.Option(help="Also write per-token ids, temperatures, log-probs, entropies.")
+        bool,
+        typer.Option(
+            "--with-tokens", help="Also write per-token ids, temperatures, log-probs, entropies."
+        ),
     ] = False,
 ) -> None:
     """Sample responses with a temperature schedule (EAD) or LED, recording exact log-probs."""
@@ -51,10 +73,14 @@ def sample(
 
     from calmrl.data import load_problems
     from calmrl.data.prompts import PromptFormat
-    from calmrl.io import write_jsonl
+    from calmrl.io import check_writable_file, write_jsonl
     from calmrl.models import load_model
+    from calmrl.preflight import check_model_source
     from calmrl.sampling import HFBackend, Method
 
+    if output is not None:
+        check_writable_file(output, "--output")
+    check_model_source(model)
     questions = list(prompt or [])
     if prompts_file is not None:
         problems = load_problems(
