@@ -261,13 +261,19 @@ def _set_contents(text: str) -> str:
     return inner
 
 
-def count_answers(gold: str) -> int:
-    """How many answers `gold` lists: ``"3"`` 1, ``"-2, 1"`` 2, ``"(1, 2), (2, 1)"`` 2,
-    ``"\\{1, 2, 3\\}"`` 3."""
+def split_answers(gold: str) -> list[str]:
+    """The answers `gold` lists: ``"3"`` -> ``["3"]``, ``"-2, 1"`` -> ``["-2", "1"]``,
+    ``"(1, 2), (2, 1)"`` -> two pairs, ``"\\{1, 2, 3\\}"`` -> three, ``"10,\\!080"`` -> one."""
     if _GROUPED_NUMBER.fullmatch(gold.strip()):
-        return 1
+        return [gold.strip()]
     separated = _AND_OR.sub(",", _set_contents(gold))
-    return max(1, sum(1 for a, b in _top_level_spans(separated) if separated[a:b].strip()))
+    answers = [separated[a:b].strip() for a, b in _top_level_spans(separated)]
+    return [a for a in answers if a] or [gold.strip()]
+
+
+def count_answers(gold: str) -> int:
+    """How many answers `gold` lists (see `split_answers`)."""
+    return len(split_answers(gold))
 
 
 # A unit that `normalize_gold` attached to a gold answer: ``30\text{ m/s}``.
