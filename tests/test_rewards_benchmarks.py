@@ -1,0 +1,766 @@
+"""MathVerifier on the answer formats of public math benchmarks, and on Math-Verify's own tests.
+
+The second part transcribes cases from the test tables of Math-Verify
+(https://github.com/huggingface/Math-Verify, tests/test_all.py, test_numina_cases.py,
+test_open_thoughts.py, test_yujianll.py, test_boxed.py, test_strict.py) and runs them through
+`MathVerifier` as boxed answers. Math-Verify's tests read free text with its own extraction;
+here a prediction that is not already a response with boxes is put in ``\boxed{}``, and the
+gold goes through `normalize_gold`. The known disagreements are listed with their reasons.
+"""
+
+from __future__ import annotations
+
+import time
+from decimal import Decimal
+
+import pytest
+
+from calmrl.data import load_problems
+from calmrl.data.problem import row_to_problem
+from calmrl.data.sources import resolve_data_dir
+from calmrl.rewards import MathVerifier, get_reward, normalize_gold
+from calmrl.rewards.extract import (
+    as_number,
+    count_answers,
+    extract_boxes,
+    extract_final_answers,
+    scientific_to_latex,
+    split_answers,
+    split_units,
+    strip_units,
+)
+
+try:
+    resolve_data_dir()
+    HAS_PRESETS = True
+except FileNotFoundError:
+    HAS_PRESETS = False
+
+
+@pytest.fixture(scope="module")
+def verifier():
+    with MathVerifier(timeout_s=5.0, num_workers=2) as v:
+        yield v
+
+
+def boxed(answer: str) -> str:
+    return f"So the final answer is $\\boxed{{{answer}}}$."
+
+
+def score(verifier: MathVerifier, table: list[tuple[str, object, float]]) -> list[tuple]:
+    """The rows of `table` ``(response, gold, expected)`` that `verifier` scores otherwise."""
+    got = verifier([r for r, _, _ in table], [g for _, g, _ in table])
+    return [(r, g, e, x) for (r, g, e), x in zip(table, got, strict=True) if x != e]
+
+
+# --- lists of answers (OlympiadBench's final_answer, MATH's "-2, 1") ---------------------------
+
+
+def test_normalize_gold_lists():
+    assert normalize_gold(["$\\frac{1}{2}$"]) == "\\frac{1}{2}"
+    assert normalize_gold(["$2$", "$3$"]) == "2, 3"
+    assert normalize_gold(["(1,2)", "025"]) == "(1,2), 25"
+    assert normalize_gold(["", "$x=1$"]) == "x=1"
+    assert normalize_gold([]) == ""
+    assert normalize_gold(normalize_gold(["$2$", "$3$"])) == "2, 3"
+    assert normalize_gold("\\boxed{1} and \\boxed{-2}") == "1, -2"  # the final list of boxes
+    with pytest.raises(TypeError, match="or a list of them"):
+        normalize_gold([["1"]])
+
+
+@pytest.mark.parametrize(
+    "gold, n",
+    [
+        ("3", 1),
+        ("-2, 1", 2),
+        ("(1, 2), (2, 1)", 2),
+        ("[1, 2)", 1),
+        ("\\{1, 2, 3\\}", 3),
+        ("6 \\text{ and } 8", 2),
+        ("x=1; y=2", 2),
+        ("14{,}916", 1),
+        ("\\{-1\\} \\cup [0,7)", 1),
+    ],
+)
+def test_count_answers(gold, n):
+    assert count_answers(gold) == n
+
+
+LIST_GOLDS = [
+    (boxed("2, 3"), ["$2$", "$3$"], 1.0),
+    (boxed("3, 2"), ["$2$", "$3$"], 1.0),
+    ("The roots are $\\boxed{2}$ and $\\boxed{3}$.", ["$2$", "$3$"], 1.0),
+    ("$x_1 = \\boxed{3}$, $x_2 = \\boxed{2}$", ["$2$", "$3$"], 1.0),
+    (boxed("2"), ["$2$", "$3$"], 0.0),  # every answer is required
+    (boxed("3"), ["$2$", "$3$"], 0.0),
+    (boxed("2, 3, 4"), ["$2$", "$3$"], 0.0),
+    ("\\boxed{2} and \\boxed{3} and \\boxed{4}", ["$2$", "$3$"], 0.0),  # a list is read whole
+    (
+        "(a) The first part gives "
+        + "so " * 30
+        + "\\boxed{5}. (b) Then "
+        + "so " * 30
+        + "\\boxed{7}.",
+        ["5", "7"],
+        1.0,
+    ),
+    ("\\boxed{(1, 2)}, \\boxed{(2, 1)}", "(1,2),(2,1)", 1.0),
+    ("\\boxed{x = 1} and \\boxed{y = 2}", ["$x=1$", "$y=2$"], 1.0),
+    ("\\boxed{1} and \\boxed{-2}", "-2, 1", 1.0),  # MATH's list golds get the same treatment
+    # A self-correction still grades the final answer: several boxes are joined only for a
+    # gold with several answers, and then only the final list of them.
+    ("\\boxed{42} ... wait, that is wrong; actually \\boxed{43}", "43", 1.0),
+    ("\\boxed{42} ... wait, that is wrong; actually \\boxed{43}", "42", 0.0),
+    ("\\boxed{3}, \\boxed{4}", "4", 1.0),
+    (
+        "\\boxed{1} and \\boxed{2}.\n\nWait, let me recheck the second root: "
+        + "it " * 30
+        + "gives \\boxed{1} and \\boxed{3}.",
+        "1, 3",
+        1.0,
+    ),
+    (
+        "\\boxed{1} and \\boxed{2}.\n\nWait, let me recheck the second root: "
+        + "it " * 30
+        + "gives \\boxed{1} and \\boxed{3}.",
+        "1, 2",
+        0.0,
+    ),
+    ("\\boxed{2} and \\boxed{3", ["2", "3"], 0.0),  # truncated: no final answer yet
+]
+
+
+def test_list_golds(verifier):
+    assert not score(verifier, LIST_GOLDS)
+
+
+@pytest.mark.skipif(not HAS_PRESETS, reason="preset data directory not found")
+@pytest.mark.filterwarnings("ignore:skipped 2 rows with an empty gold")
+def test_math_golds_with_several_answers(verifier):
+    """Every MATH gold that lists several answers, given one box per answer."""
+    golds = [p.answer for name in ("math500", "math-train") for p in load_problems(name)]
+    multi = [g for g in golds if count_answers(g) >= 2]
+    one_box_each = [", ".join(f"$\\boxed{{{a}}}$" for a in split_answers(g)) for g in multi]
+    one_missing = [", ".join(f"$\\boxed{{{a}}}$" for a in split_answers(g)[:-1]) for g in multi]
+    rewards = verifier(one_box_each, multi)
+    print(f"\n{int(sum(rewards))} of {len(multi)} golds with several answers, one box each")
+    # Math-Verify cannot parse the gold `6, 8\text{, and }10` (`\text{, and }` is no separator).
+    assert [g for g, r in zip(multi, rewards, strict=True) if not r] == ["6, 8\\text{, and }10"]
+    assert sum(verifier(one_missing, multi)) == 0
+    assert len(multi) == 128
+
+
+def test_extract_final_answers():
+    text = "\\boxed{1} then much later " + "x " * 50 + "\\boxed{2}, \\boxed{3}"
+    assert extract_final_answers(text, 1) == ["2", "3"]  # the final list, never cut
+    assert extract_final_answers(text, 3) == ["1", "2", "3"]  # extended back to 3 boxes
+    assert extract_final_answers("\\boxed{5} so \\boxed{5}", 2) == ["5"]  # a repeat counts once
+    assert extract_final_answers("\\boxed{1} \\boxed{2", 2) == []
+
+
+def test_extract_boxes_is_linear_on_huge_input():
+    start = time.monotonic()
+    assert extract_boxes("x" * 1_000_000 + "\\boxed{" + "{" * 100_000) == []
+    boxes = extract_boxes("\\boxed{1}" * 100_000)
+    assert len(boxes) == 100_000
+    assert len(extract_final_answers("\\boxed{1}, " * 100_000, 2)) == 1
+    assert time.monotonic() - start < 10.0
+
+
+# --- units (OlympiadBench's unit field) ---------------------------------------------------------
+
+
+def test_units_join_the_gold():
+    assert normalize_gold(["$30$"], unit="m/s") == "30\\text{ m/s}"
+    assert normalize_gold("30", unit="$\\mathrm{~m} / \\mathrm{s}$") == "30\\text{ m / s}"
+    assert normalize_gold(["3", "5"], unit="m") == "3\\text{ m}, 5\\text{ m}"
+    assert normalize_gold(normalize_gold("30", unit="m/s"), unit="m/s") == "30\\text{ m/s}"
+    assert split_units("30\\text{ m/s}") == ("30", ("m/s",))
+    assert split_units("\\text{Evelyn}") == ("\\text{Evelyn}", ())
+    assert strip_units("30\\,\\mathrm{m/s}", ["m/s"]) == "30"
+    assert strip_units("m/s", ["m/s"]) == "m/s"  # nothing but a unit: left alone
+    assert strip_units("5 cm", ["m"]) == "5 cm"  # not the unit `m`
+
+
+def test_row_with_unit_field():
+    row = {
+        "question": "How fast?",
+        "final_answer": ["$2.9 \\times 10^{-7}$"],
+        "unit": "$\\mathrm{~m}$",
+        "is_multiple_answer": False,
+    }
+    problem = row_to_problem(row, name="olympiadbench", index=0)
+    assert problem.answer == "2.9 \\times 10^{-7}\\text{ m}"
+    assert problem.meta["unit"] == "$\\mathrm{~m}$"
+    assert problem.meta["raw_answer"] == ["$2.9 \\times 10^{-7}$"]
+
+
+UNIT_GOLDS = [
+    (boxed("30"), normalize_gold("30", unit="m/s"), 1.0),
+    (boxed("30 m/s"), normalize_gold("30", unit="m/s"), 1.0),
+    (boxed("30 \\mathrm{~m} / \\mathrm{s}"), normalize_gold("30", unit="m/s"), 1.0),
+    (boxed("30 \\text{ m/s}"), normalize_gold("30", unit="$\\mathrm{~m} / \\mathrm{s}$"), 1.0),
+    (boxed("31 m/s"), normalize_gold("30", unit="m/s"), 0.0),
+    (boxed("30 km/h"), normalize_gold("30", unit="m/s"), 0.0),
+    (boxed("3 eV"), normalize_gold("3", unit="eV"), 1.0),
+    (boxed("3\\,\\Omega"), normalize_gold("3", unit="$\\Omega$"), 1.0),
+    (
+        boxed("25^{\\circ} \\mathrm{C}"),
+        normalize_gold("25", unit="${ }^{\\circ} \\mathrm{C}$"),
+        1.0,
+    ),
+    (boxed("2.9e-7 m"), normalize_gold(["$2.9 \\times 10^{-7}$"], unit="m"), 1.0),
+    (boxed("3 m, 5 m"), normalize_gold(["3", "5"], unit="m"), 1.0),
+    (boxed("125 miles"), "125\\text{ miles}", 1.0),  # MATH's own unit golds
+]
+
+
+def test_unit_golds(verifier):
+    assert not score(verifier, UNIT_GOLDS)
+
+
+# --- scientific notation ----------------------------------------------------------------------
+
+
+def test_scientific_to_latex():
+    assert scientific_to_latex("4.5e33") == "(4.5 \\times 10^{33})"
+    assert scientific_to_latex("-1.2E-7 m") == "-(1.2 \\times 10^{-7}) m"
+    assert scientific_to_latex("1e-7") == "(1 \\times 10^{-7})"
+    for euler in ("e^{2}", "2e", "3e-1", "e+1", "x2e3", "\\frac{e}{2}", "2e^{3}"):
+        assert scientific_to_latex(euler) == euler
+
+
+@pytest.mark.parametrize(
+    "text, value",
+    [
+        ("4.5e33", (Decimal("4.5e33"), True)),
+        ("1.2 \\times 10^{-7}", (Decimal("1.2e-7"), True)),
+        ("3 \\cdot 10^{8}", (Decimal("3e8"), True)),
+        ("10^{3}", (Decimal(1000), True)),
+        ("-0.25", (Decimal("-0.25"), False)),
+        ("2e-1", None),
+        ("10^33", None),  # LaTeX reads 10^3 3
+        ("x", None),
+    ],
+)
+def test_as_number(text, value):
+    assert as_number(text) == value
+
+
+SCIENTIFIC = [
+    (boxed("4.5 \\times 10^{33}"), "4.5e33", 1.0),
+    (boxed("4.5e33"), "4.5 \\times 10^{33}", 1.0),
+    (boxed("45 \\times 10^{32}"), "4.5e33", 1.0),
+    (boxed("4.50E+33"), "4.5e33", 1.0),
+    (boxed("4500000000000000000000000000000000"), "4.5e33", 1.0),
+    (boxed("\\frac{9}{2} \\times 10^{33}"), "4.5e33", 1.0),
+    (boxed("4.6 \\times 10^{33}"), "4.5e33", 0.0),
+    (boxed("1.2 \\times 10^{-7}"), "1.2e-7", 1.0),
+    (boxed("0.00000012"), "1.2e-7", 1.0),
+    (boxed("3.4 \\times 10^{-7}"), "1.2e-7", 0.0),
+    (boxed("0.00000034"), "1.2e-7", 0.0),  # Math-Verify's 6 decimal places would say equal
+    (boxed("1000"), "1e3", 1.0),
+    # e as Euler's number keeps working
+    (boxed("e^{2}"), "e^2", 1.0),
+    (boxed("2e"), "2e", 1.0),
+    (boxed("e + e"), "2e", 1.0),
+    (boxed("3e - 1"), "3e-1", 1.0),
+    (boxed("0.3"), "3e-1", 0.0),
+    (boxed("\\frac{1}{e}"), "e^{-1}", 1.0),
+]
+
+
+def test_scientific_notation(verifier):
+    assert not score(verifier, SCIENTIFIC)
+
+
+# --- partial parses of the gold -----------------------------------------------------------------
+
+
+def test_answer_that_does_not_parse_whole_is_never_a_fragment(verifier):
+    gold = "\\frac{1}{3}E_1+\\frac{2}{3}E_2"  # Math-Verify's any_match parse of it gives 2/3
+    table = [
+        (boxed("2/3"), gold, 0.0),
+        (boxed("\\frac{1}{3}"), gold, 0.0),
+        (boxed(gold), gold, 1.0),
+        (boxed(gold), "2/3", 0.0),  # nor is a response's fragment
+        # What does not parse compares as a string, after Math-Verify's LaTeX normalisation.
+        (boxed("\\frac{1}{3}E_1+\\frac{2}{3}E_2"), "$\\frac13E_1+\\frac23E_2$", 1.0),
+        (boxed("\\frac{1}{3}E_1+\\frac{2}{3}E_3"), gold, 0.0),
+    ]
+    assert not score(verifier, table)
+
+
+# --- Math-Verify options as MathVerifier parameters ---------------------------------------------
+
+
+def test_math_verify_options_reach_the_workers():
+    params = {"float_rounding": 2, "num_workers": 1}  # as a config's reward.params
+    with get_reward("math", **params) as coarse, MathVerifier(num_workers=1) as default:
+        assert coarse([boxed("0.33")], ["\\frac{1}{3}"]) == [1.0]
+        assert default([boxed("0.33")], ["\\frac{1}{3}"]) == [0.0]
+    with MathVerifier(strict=False, num_workers=0) as loose:
+        assert loose([boxed("f(y)")], ["f(x)"]) == [1.0]
+    with MathVerifier(allow_set_relation_comp=True, num_workers=0) as sets:
+        assert sets([boxed("-2 \\le x \\le 7")], ["[-2, 7]"]) == [1.0]
+
+
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({"float_rounding": -1}, "float_rounding must be an int >= 0, got -1"),
+        ({"float_rounding": 2.5}, "float_rounding must be an int >= 0, got 2.5"),
+        ({"numeric_precision": 0}, "numeric_precision must be an int > 0"),
+        ({"strict": "yes"}, "strict must be true or false, got 'yes'"),
+        ({"allow_set_relation_comp": 1}, "allow_set_relation_comp must be true or false"),
+        ({"timeout_s": 0}, "timeout_s must be a number > 0"),
+        ({"num_workers": -1}, "num_workers must be an int >= 0"),
+        ({"correct": "1"}, "correct must be a number"),
+        (
+            {"fallback_last_number": True},
+            "unknown parameter 'fallback_last_number' \\(did you mean 'number_fallback'\\?\\)",
+        ),
+        (
+            {"precision": 3},
+            "unknown parameter 'precision' \\(did you mean 'numeric_precision'\\?\\)",
+        ),
+    ],
+)
+def test_bad_parameters_raise_one_line_value_errors(params, message):
+    with pytest.raises(ValueError, match=message) as error:
+        get_reward("math", **params)
+    assert "\n" not in str(error.value)
+
+
+# --- Math-Verify's own test tables ----------------------------------------------------------
+
+# (gold, prediction, Math-Verify's expected outcome). A prediction without a box is boxed.
+MATH_VERIFY_CASES = [
+    # numbers (Math-Verify's test_number_extraction)
+    ("-5", "-5", 1),
+    ("7425000", "7,425,000", 1),
+    ("1000", "1 000", 1),
+    ("1000", "1000.0", 1),
+    ("1000.0", "1,000.0", 1),
+    ("1000.99", "1000,99", 1),
+    ("1,22", "1.22", 1),
+    ("2.74", "2,74", 1),
+    ("0.4", ".4", 1),
+    ("1000.99", "1,000.99", 1),
+    ("1000.99", "1,000.99€", 1),
+    ("0,111", "0.111", 1),
+    ("2", "AZYUK2A", 0),
+    # fractions (test_simple_fraction_notation)
+    ("10/9", r"\frac{10}{9}", 1),
+    ("-10/9", r"-\frac{10}{9}", 1),
+    # intervals (test_sets_handling)
+    ("$[0,1)$", "[0,1)", 1),
+    ("$[0,9)$", "[0,1)", 0),
+    ("$(0,9)$", "[0,9)", 0),
+    ("$1$", "-[0,1)", 0),
+    # LaTeX notation (test_latex_notation)
+    ("$10$", "(9+1)", 1),
+    ("$1/3$", r"\frac13", 1),
+    ("$1$", r"\frac3{3}", 1),
+    (r"$\sqrt{3}$", r"\sqrt3", 1),
+    ("$1/3$", r"\cfrac{1}{3}", 1),
+    ("$1/3$", r"\dfrac{1}{3}", 1),
+    ("$1/3$", r"\tfrac{1}{3}", 1),
+    ("$1/3$", "1/3", 1),
+    ("$1/3$", r"\left( \frac{1}{3} \right)", 1),
+    ("$1/3$", r"$\boxed{\frac{1}{3}}$", 1),
+    ("$1/3$", r"\frac{1}{3} \text{meters}", 1),
+    ("$1/3$", r"\frac{1}{3} \textbf{meters}", 1),
+    ("$1/3$", r"k = \frac{1}{3}", 1),
+    # percentages (test_percent_notation)
+    (r"$28\%$", "28 percent", 1),
+    (r"$28\%$", "28 pct", 1),
+    (r"$28\%$", "28 %", 1),
+    (r"$28\%$", "28 percentage", 1),
+    (r"$28\%$", r"28\%", 1),
+    # answers of MATH solutions (test_latex_notation_math)
+    ("$2-2p$", "2-2p", 1),
+    (
+        "\\boxed{\n\\begin{pmatrix} 0 & 3 \\\\ 0 & -1 \\end{pmatrix}\n}.\n\\end{align*}",
+        "\\boxed{\n\\begin{pmatrix} 0 & 3 \\\\ 0 & -1 \\end{pmatrix}\n}.\n\\end{align*}",
+        1,
+    ),
+    (r"$(3, \frac{\pi}{2})$", r"\left( 3, \frac{\pi}{2} \right)", 1),
+    (r"$\frac{14}{3}$", r"\frac{14}{3}", 1),
+    (r"$\text{Evelyn}$", r"\text{Evelyn}", 1),
+    (r"$90^\circ$", r"90^\circ", 1),
+    (r"$3\sqrt{13}$", r"3\sqrt{13}", 1),
+    (r"$15\mbox{ cm}^2$", r"15\mbox{ cm}^2", 1),
+    ("$-2,1$", "-2,1", 1),
+    ("$204_5$", "204_5", 1),
+    ("$(6,31,-1)$", "(6,31,-1)", 1),
+    (r"$1 \pm \sqrt{19}$", r"1 \pm \sqrt{19}", 1),
+    (r"$3 \pm 2 \sqrt{2}$", r"3 \pm 2 \sqrt{2}", 1),
+    (r"$\{1\pm\sqrt{5},-2\}$", r"\{1\pm\sqrt{5},-2\}", 1),
+    ("$f(2) < f(1) < f(4)$", "f(2) < f(1) < f(4)", 1),
+    (r"$2 \sin b \cos a$", r"2 \sin b \cos a", 1),
+    (r"$\frac{\pi r}{h+r}$", r"\frac{\pi r}{h+r}", 1),
+    ("$125$ miles", r"125\textnormal{ miles}", 1),
+    (
+        r"$[-1, -\frac{1}{2}) \cup (-\frac{1}{2}, 0) \cup (0, 1) \cup (1, \infty)$",
+        r"[-1, -\tfrac12) \cup (-\tfrac12, 0) \cup (0, 1) \cup (1, \infty)",
+        1,
+    ),
+    (r"$\sqrt{2}+\sqrt{5}$", r"\sqrt 2+\sqrt 5", 1),
+    (r"$\frac{9}{4}\pi$", r"\frac94\pi", 1),
+    (r"x \in \boxed{\{-1\} \cup [0,7)}.$", r"x \in \boxed{\{-1\} \cup [0,7)}.$", 1),
+    # relations (test_relations_math)
+    ("$x >= 5$", r"x \geq 5", 1),
+    ("$x < 3$", r"x \lt 3", 1),
+    (r"$x \leq 2$", "x <= 2", 1),
+    ("$x > 5$", r"x \gt 5", 1),
+    ("$x != 3$", r"x \neq 3", 1),
+    ("$x > 5$", "x < 5", 0),
+    (r"$x \geq 5$", r"x \leq 5", 0),
+    (r"$x \neq 5$", "x != 5", 1),
+    (r"$x \leq 5$", r"5 \geq x", 1),
+    (r"$x \geq 5$", r"5 \leq x", 1),
+    ("$x = 11$", "x = 5+5+1 = 7 =11", 1),
+    ("$7 = 11a+c$", "11a+c", 0),
+    ("$x = 1/3$", r"x = 5+5+1 = 1/3 \approx 11", 1),
+    ("$11$", "x=11", 1),
+    ("$11$", r"x\approx11", 1),
+    ("$1/3$", r"x=1/3\approx1.3", 1),
+    ("$x < 1$", "-x > -1", 1),
+    ("$x < 1$", "x > -1", 0),
+    ("$x <= 1$", "-x >= -1", 1),
+    ("$a +3z = 0$", "0", 0),
+    (r"$1 = \zzz = x = 0$", "0", 1),
+    ("$2x + z = 1$", "1", 0),
+    ("$a^2 + b = 0$", "0", 0),
+    ("$k=1$", "1", 1),
+    ("$1$", "k=1", 1),
+    ("$z = 1 + 1 = 2$", "z = 3+3 = 2", 1),
+    ("$2x+4y-3=0$", r"y=-\frac{1}{2}x+\frac{3}{4}", 1),
+    ("$x^2/4 + y^2/3 = 1$", "x^2/16 + y^2/12 = 1/4", 1),
+    # matrices (test_matrix_extraction)
+    (
+        r"$\begin{pmatrix}1 & 0 \\ 0 & 1\end{pmatrix}$",
+        r"\begin{pmatrix}1 & 0 \\ 0 & 1\end{pmatrix}",
+        1,
+    ),
+    (
+        r"$\begin{bmatrix}0 & 0 \\0 & 0\end{bmatrix}$",
+        r"\begin{pmatrix}0 & 0 \\0 & 0\end{pmatrix}",
+        1,
+    ),
+    (
+        r"$\begin{pmatrix}1 & 2 \\3 & 4\end{pmatrix}$",
+        r"\left[\begin{array}{cc}1 & 2 \\3 & 4\end{array}\right]",
+        1,
+    ),
+    (
+        r"$\begin{pmatrix}\frac{1}{2} & \frac{3}{4} \\ \frac{5}{6} & \frac{7}{8}\end{pmatrix}$",
+        r"\begin{pmatrix}\frac{1}{2} & \frac{3}{4} \\ \frac{5}{6} & \frac{7}{8}\end{pmatrix}",
+        1,
+    ),
+    (
+        r"$\begin{pmatrix}6 & 8 \\ 10 & 12\end{pmatrix}$",
+        r"\begin{pmatrix}1 & 2 \\ 3 & 4\end{pmatrix} + \begin{pmatrix}5 & 6 \\ 7 & 8\end{pmatrix}",
+        1,
+    ),
+    (
+        r"$\begin{pmatrix}1 & 0 \\ 0 & 1\end{pmatrix}$",
+        r"\begin{pmatrix}1 & 0 \\ 0 & 1\end{pmatrix} \begin{pmatrix}1 & 0 \\ 0 & 1\end{pmatrix}",
+        1,
+    ),
+    (
+        r"$\begin{pmatrix}1 & 2 \\ 3 & 4\end{pmatrix}$",
+        r"\begin{pmatrix}1 & 2 \\ 3 & 5\end{pmatrix}",
+        0,
+    ),
+    # expressions (test_complex_math_expressions, default precision)
+    (r"$\frac{1}{12}$", "0.0833333333333333", 1),
+    (r"$(1,\frac{9}{2})$", "(1,4.5)", 1),
+    (r"$\frac{x+2}{7}$", r"\frac{x}{7}+\frac{2}{7}", 1),
+    (r"$\tan^2(y)+1$", r"\sec^2(y)", 1),
+    (
+        r"$\begin{pmatrix}-\frac{7}{4}&-2\\4&\frac{1}{4}\\\end{pmatrix}$",
+        r"\begin{pmatrix}-\frac{7}{4}&-2\\4&\frac{1}{4}\\\end{pmatrix}",
+        1,
+    ),
+    (
+        r"$\begin{pmatrix}\frac{1}{3\sqrt[3]{x}^2}&0&0\\0&1&0\\-\sin(x)&0&0\\\end{pmatrix}$",
+        r"\begin{pmatrix}\frac{1}{3x^{2/3}}&0&0\\0&1&0\\-\sin(x)&0&0\end{pmatrix}",
+        1,
+    ),
+    ("$34x+45y-20z+100=0$", "-34x-45y+20z-100=0", 1),
+    (
+        r"$\frac{\sqrt{\sqrt{11}+\sqrt{194}}}{15+2\sqrt{33}}$",
+        r"\frac{\sqrt{\sqrt{11}+\sqrt{194}}}{2\sqrt{33}+15}",
+        1,
+    ),
+    ("$(a+5)(b+2)$", "(+5)(b+2)", 0),
+    ("$2$", r"\frac{1+\sqrt{5}}{2}", 0),
+    ("$4$", r"\frac{34}{16}+\frac{\sqrt{1358}}{16}", 0),
+    (r"$1\sqrt{19}$", "1", 0),
+    ("$x+2n+1$", "x+1", 0),
+    # answers of model outputs (test_math_extraction_edge_cases, ..._additional_cases)
+    ("$16386.20$", r"\$16,\!386.20", 1),
+    ("$14916$", "14{,}916", 1),
+    (r"$\left(\frac{4}{5},\frac{1}{5}\right)$", r"\left( \frac{4}{5}, \frac{1}{5} \right)", 1),
+    ("$16386.17$", r"\$16386.17", 1),
+    (r"$(\tfrac{27}{8},\tfrac{15}{8})$", "(0, 0)", 0),
+    (r"$\left( \frac{4}{3}, -\frac{1}{3} \right)$", r"\left( \frac{4}{3}, -\frac{1}{3} \right)", 1),
+    ("$(3,1)$", "{1,3}", 0),
+    ("$(1,3)$", "{1,3}", 1),
+    (r"$20\%$", r"20\%", 1),
+    ("$1112112_3$", "1112122_3", 0),
+    (r"\(\boxed{\text{C}}\).", r"$\boxed{\text{(C)}}.$", 1),
+    (r" So the answer is: \[ \boxed{11111111100} \]", r"is $\boxed{11,\! 111,\! 111,\! 100}$", 1),
+    (r" So the answer is: \[ \boxed{32349} \]", r"is $\boxed{32,\! 349}$", 1),
+    (r" So the answer is: \[ \boxed{32349} \]", r"is $\boxed{32, 349}$", 0),
+    (
+        r"Thus, the domain of the function \( f(x) \) is: \[ \boxed{(2, 12) \cup (12, 102)} \]",
+        r"Thus, the answer is $x \in \boxed{(2,12) \cup (12,102)}$",
+        1,
+    ),
+    (r"$\text{E}$", "E", 1),
+    (r"$\boxed{1}\boxed{2}$", r"$\boxed{1,2}$", 1),
+    (
+        r"so the solutions are $n = \boxed{1,-2}.$",
+        r"**Final Answer** The integers are \boxed{-2} and \boxed{1}.",
+        1,
+    ),
+    (
+        "the solution in interval notation is:\n\n\\[ \\boxed{[-2, 7]} \\]$",
+        r"x \in [-2,7]",
+        1,
+    ),
+    ("$4$", r"4\sqrt{2}", 0),
+    # OlympiadBench-style answers (test_numina_cases)
+    (
+        "$(37,3,3,13),(17,3,3,7),(3,37,3,13),(3,17,3,7),(3,3,2,3)$",
+        "(3, 37, 3, 13), (3, 17, 3, 7), (3, 3, 2, 3), (3,17,3,7), (17,3,3,7), (37,3,3,13)",
+        1,
+    ),
+    ("$(p,q)=(3,2)$", "(3,2)", 1),
+    (
+        "$(0;0;0),(0;-2;0),(0;0;6),(0;-2;6),(4;0;0),(4;-2;0),(4;0;6),(4;-2;6)$",
+        "(4, 0, 6), (4, -2, 6), (0, 0, 6), (0, -2, 6), "
+        "(4, 0, 0), (4, -2, 0), (0, 0, 0), (0, -2, 0)",
+        1,
+    ),
+    (
+        r"$1\leq|z|\leq \frac{3}{2}$",
+        r"z \in \left[-\frac{3}{2}, -1\right] \cup \left[1, \frac{3}{2}\right]",
+        1,
+    ),
+    ("$-12;-11;-10;-8;-7;-6$", r"\{-12, -11, -10, -8, -7, -6\}", 1),
+    ("$AB=4,CD=5$", "4, 5", 1),
+    ("$(11,7)or(7,11)$", r"(7,11),\ (11,7)", 1),
+    ("$S_{MBCN}:S=7:32$", "7:32", 1),
+    (r"$\frac{NO}{BO}=\frac{1}{\sqrt{6}}$", r"\frac{1}{\sqrt{6}}", 1),
+    ("$p=5,q=2;p=7,q=2$", "(5,2),(7,2)", 1),
+    ("$(p,q,r)=(3,2,7)$", "(3,2,7)", 1),
+    ("$V_{1}:V_{2}=11:21$", "11:21", 1),
+    (
+        "$(2,1),(1,2),(-1,-20),(-20,-1)$",
+        "solutions are:\n\n\\[\n\\boxed{(1, 2)}, \\boxed{(2, 1)}, \\boxed{(-1, -20)}, "
+        "\\boxed{(-20, -1)}\n\\]",
+        1,
+    ),
+    (r"\(\boxed{1}\) and \(\boxed{-2}\).", "-2,1", 1),
+    (r"$\text{odd}$", "odd", 1),
+    (r"$\text{e}$", "e", 1),
+    ("$d$", r"\text{E}", 0),
+    ("$1$ and $2$ and $3$", "1,2,3", 1),
+    (
+        "$(37,3,3),(17,3,3,7),(3,37,3,13),(3,17,3,7),(3,3,2,3)$",
+        "(3, 37, 3, 13), (3, 17, 3, 7), (3, 3, 2, 3), (3,17,3,7), (17,3,3,7), (37,3,3,13)",
+        0,
+    ),
+    (r"\boxed{x = -5,\ p = \frac{14}{3}} ", r"-5, \frac{14}{3}", 1),
+    (r"\boxed{a=4,\,-8,\,-10}", "-10,-8,4", 1),
+    ("$21,16$ or $11$", "21,16,11", 1),
+    ("\n\n\\[ \\boxed{p = -1 \\text{ and } p = \\dfrac{15}{8}} \\]", r"p=-1,p=\frac{15}{8}", 1),
+    ("$0<f(x)<1$", "(0,1)", 1),
+    (r"\(\boxed{6 \text{ and } 8}\)", "6,8", 1),
+    (r"$\text{Even}$", "Even", 1),
+    # OpenThoughts answers (test_open_thoughts)
+    (r"$$\boxed{2}, \boxed{3}, \boxed{5}, \boxed{7}, \boxed{13}$$", "{2, 3, 5, 7, 13}", 1),
+    ("$$f(y) = y$$", "f(y) = y", 1),
+    ("$$-793 < a < 10$$", "(-793, 10)", 1),
+    (
+        r"$$\text{The midpoints form a regular hexagon}$$",
+        r"\text{The midpoints form a regular hexagon}",
+        1,
+    ),
+    ("$$a_3 = 2, a_{37} = 19$$", r"a_{37} = 19, \quad a_3 = 2", 1),
+    ("$$(2, 2), (1, 3), (3, 3)$$", "(2, 2), (1, 3), (3, 3)", 1),
+    (r"$$(1, +\infty)$$", r"(1, +\infty)", 1),
+    (
+        r"$$x = \frac{1}{2}, x = \frac{-1 \pm \sqrt{13}}{4}$$",
+        r"x = \frac{1}{2}, x = \frac{-1 \pm \sqrt{13}}{4}",
+        1,
+    ),
+    (r"$$0.06 \text{ yuan}$$", r"0.06 \text{ yuan}", 1),
+    ("$$(5, 8), (8, 5)$$", r"(x, y) = (5, 8) \quad \text{and} \quad (8, 5)", 1),
+    (r"$$6 \text{ and } 8$$", r"6 \text{ and } 8", 1),
+    ("$$(2, 2), (6, 2)$$", r"$$\boxed{(2, 2)} \quad \text{and} \quad \boxed{(6, 2)}$$", 1),
+    ("$$(98, 2), (99, 503)$$", r"$$\boxed{(98, 2)} \quad \text{and} \quad \boxed{(99, 503)}$$", 1),
+    ("$$(3, 3), (1, 1)$$", r"$$\boxed{(3, 3)} \text{ for part (a) and } \boxed{(1, 1)}$$", 1),
+    (r"$$k \ge 2$$", r"k \ge 2", 1),
+    ("$$k = 45, n = 2$$", r"$$\boxed{k = 45} \quad \text{and} \quad \boxed{n = 2}$$", 1),
+    ("$${1,2,3}$$", r"\boxed{1} and \boxed{2} and \boxed{3}", 1),
+    ("$${1,2,3}$$", r"\boxed{1},\boxed{2},\boxed{3}", 1),
+    ("$$|AB|=1$$", "1", 1),
+    ("$$A:B=1$$", "1", 1),
+    ("$$f(x)=1$$", "1", 1),
+    (
+        r"$x_{1}=10^{\frac{-5+\sqrt{13}}{6}},\quadx_{2}=10^{\frac{-5-\sqrt{13}}{6}}$",
+        r"$\boxed{10^{\frac{\sqrt{13} - 5}{6}}} \quad \text{and} \quad "
+        r"\boxed{10^{-\frac{5 + \sqrt{13}}{6}}}$",
+        1,
+    ),
+    (
+        r"$y_{1}=-2 x^{2}+4 x+3, y_{2}=3 x^{2}+12 x+10$",
+        r"\($y_1 = \boxed{-2(x - 1)^2 + 5} \) and \( y_2 = \boxed{3(x + 2)^2 - 2} \) ",
+        1,
+    ),
+    (
+        r"$x_{1}=\frac{1}{2}+\frac{31\sqrt{5}}{216},\quadx_{2}=\frac{1}{2}-\frac{31\sqrt{5}}{216}$",
+        r"$\boxed{\dfrac{108 + 31\sqrt{5}}{216}} \quad \text{and} \quad "
+        r"\boxed{\dfrac{108 - 31\sqrt{5}}{216}}$",
+        1,
+    ),
+    (r"\boxed{1} papers and \boxed{2} bins", "1,2", 1),
+    (r"\boxed{1} no no no no no \boxed{2}", "1,2", 0),
+    # repeated and spaced boxes in the gold (test_boxed)
+    (r"$\boxed{35 cm} ++++++ \boxed{4}$", "{35 cm,4}", 1),
+    (
+        "the answer should be \\boxed{004}.\n\nBut let me check again: the sum is 2,552,004. "
+        "The last three digits are 004. So, \\boxed{004} is the correct answer.\n\n"
+        "**Final Answer**\n\\boxed{004}",
+        "004",
+        1,
+    ),
+    (
+        "SoHi YES.\n\n could answer therefore\\boxed{840}.,but let me put this after explain."
+        "\n\n**Final Answer**\n\\boxed{840}",
+        "840",
+        1,
+    ),
+    # answers as strings and lists (test_yujianll)
+    ("$n=1, 2, 3$", "n=1, 2, 3", 1),
+    ("$n=2, 3, 4$", "n=1, 2, 3", 0),
+    ("$D = (0, 1)$", "D = (0, 1)", 1),
+    ("$D = (0, 1)$", "D = (0, 1.5)", 0),
+    (r"$F_n = \sum_{k=0}^{n-1} F_k F_{n-k-1}$", r"F_n = \sum_{k=0}^{n-2} F_k F_{n-k-2}", 0),
+    (r"$F_n = \sum_{k=0}^{n-1} F_k F_{n-k-1}$", r"F_n = \sum_{k=0}^{n-1} F_{n-k-1} F_k", 1),
+    ("$19, 46, and 82$", r"19, 46, \text{ and } 82", 1),
+    ("$19, 46, and 82$", "21, 36, and 82", 0),
+    (r"$1 - \frac{1}{\mathrm{e}}$", r"1 - \frac{1}{\mathrm{e}}", 1),
+    (r"$1 - \frac{1}{\mathrm{e}}$", r"1 + \frac{1}{\mathrm{e}}", 1),
+    (r"$\pm 2021$", "2021", 0),
+    (r"$\pm 2021$", "{-2021, 2021}", 1),
+    ("$12:00$", "1:00", 0),
+    ("$12:00$", "12:00", 1),
+]
+
+# Cases that need Math-Verify options: (gold, prediction, expected, MathVerifier kwargs).
+MATH_VERIFY_OPTION_CASES = [
+    # test_complex_math_expressions at precision 2, test_precision, test_float_precision
+    (
+        r"$(\begin{pmatrix}\frac{1}{3}\\ \frac{1}{5} \end{pmatrix})$",
+        r"\begin{pmatrix}0.33\\0.2 \end{pmatrix}",
+        1,
+        {"float_rounding": 2},
+    ),
+    (r"$(\frac{3}{5},\frac{8}{3}]$", "(0.6,2.6667]", 1, {"float_rounding": 2}),
+    (r"$\frac{1}{3}$", "0.3333", 1, {"float_rounding": 4}),
+    (r"$\frac{1}{3}$", "0.333", 0, {"float_rounding": 4}),
+    ("4.123105625617661", r"\sqrt{17}", 1, {"float_rounding": 5}),
+    # test_set_rel_assymetry
+    (r"$-2 \le x \le 7$", r"x \in [-2,7]", 1, {"allow_set_relation_comp": True}),
+    (r"$-2 \le x \le 7$", r"x \in [-2,7]", 1, {"allow_set_relation_comp": False}),
+    (r"$x \in [-2,7]$", r"-2 \le x \le 7", 1, {"allow_set_relation_comp": True}),
+    (r"$x \in [-2,7]$", r"-2 \le x \le 7", 0, {"allow_set_relation_comp": False}),
+    # test_strict_variable_comparison
+    ("$f(x)$", "f(y)", 0, {"strict": True}),
+    ("$f(x)$", "f(y)", 1, {"strict": False}),
+]
+
+# Where this verifier and Math-Verify's tables part, and why.
+_DECIMAL_COMMA = (
+    "a comma in a LaTeX box separates answers (MATH's `-2,1`); Math-Verify's table reads the "
+    "plain-text decimal comma with its number extractor"
+)
+KNOWN_DISAGREEMENTS = {
+    ("1000", "1 000"): (
+        "a space in a LaTeX box multiplies (1 * 000); Math-Verify's table reads plain text, "
+        "where a space separates thousands"
+    ),
+    ("1000.99", "1000,99"): _DECIMAL_COMMA,
+    ("1,22", "1.22"): _DECIMAL_COMMA,
+    ("2.74", "2,74"): _DECIMAL_COMMA,
+    ("1000.99", "1,000.99€"): (
+        "the euro sign is not LaTeX, so the box does not parse; Math-Verify's table reads "
+        "plain text with currency signs"
+    ),
+    ("$1 - \\frac{1}{\\mathrm{e}}$", "1 + \\frac{1}{\\mathrm{e}}"): (
+        "the values differ; Math-Verify's table expects a match because its default parse keeps "
+        "only the leading `1` of both"
+    ),
+}
+# Measured: 201 of 207 cases agree (97.1%); docs/rewards.md.
+AGREEMENT_THRESHOLD = 0.97
+
+
+def _response(prediction: str) -> str:
+    return prediction if "\\boxed" in prediction else f"\\boxed{{{prediction}}}"
+
+
+@pytest.fixture(scope="module")
+def math_verify_results(verifier):
+    """``{(gold, prediction, options): reward}`` for every transcribed case."""
+    results = {}
+    got = verifier(
+        [_response(p) for _, p, _ in MATH_VERIFY_CASES], [g for g, _, _ in MATH_VERIFY_CASES]
+    )
+    for (gold, prediction, _), reward in zip(MATH_VERIFY_CASES, got, strict=True):
+        results[gold, prediction, ""] = reward
+    for gold, prediction, _, options in MATH_VERIFY_OPTION_CASES:
+        with MathVerifier(num_workers=0, **options) as v:
+            results[gold, prediction, repr(options)] = v([_response(prediction)], [gold])[0]
+    return results
+
+
+def _all_cases() -> list[tuple[str, str, int, dict]]:
+    return [(g, p, e, {}) for g, p, e in MATH_VERIFY_CASES] + MATH_VERIFY_OPTION_CASES
+
+
+def _case_params() -> list:
+    params = []
+    for i, (gold, prediction, expected, options) in enumerate(_all_cases()):
+        reason = KNOWN_DISAGREEMENTS.get((gold, prediction))
+        marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
+        params.append(
+            pytest.param(gold, prediction, expected, options, id=f"mv{i:03d}", marks=marks)
+        )
+    return params
+
+
+def test_math_verify_table_size():
+    assert len(_all_cases()) >= 200
+    assert len({(g, p, repr(o)) for g, p, _, o in _all_cases()}) == len(_all_cases())
+
+
+@pytest.mark.parametrize("gold, prediction, expected, options", _case_params())
+def test_math_verify_case(math_verify_results, gold, prediction, expected, options):
+    assert math_verify_results[gold, prediction, repr(options) if options else ""] == expected
+
+
+def test_math_verify_agreement(math_verify_results):
+    cases = _all_cases()
+    agree = [math_verify_results[g, p, repr(o) if o else ""] == e for g, p, e, o in cases]
+    rate = sum(agree) / len(cases)
+    print(f"\nMath-Verify tables: {sum(agree)} of {len(cases)} cases agree ({rate:.1%})")
+    disagreements = {(g, p) for (g, p, _, _), ok in zip(cases, agree, strict=True) if not ok}
+    assert disagreements == set(KNOWN_DISAGREEMENTS)
+    assert rate >= AGREEMENT_THRESHOLD
