@@ -332,6 +332,26 @@ def test_bad_parameters_raise_one_line_value_errors(params, message):
     assert "\n" not in str(error.value)
 
 
+# Inputs aimed at the new paths: box lists, unit stripping, scientific notation.
+ADVERSARIAL = [
+    "\\boxed{1}, " * 200_000,
+    "\\boxed{" + "{" * 100_000 + "}" * 100_000 + "}, \\boxed{2}",
+    "\\boxed{1e999999}",
+    "\\boxed{9.9e99999}, \\boxed{1e-99999}",
+    "\\boxed{" + "1e5" * 50_000 + "}",
+    "\\boxed{" + "m/" * 100_000 + "s}",
+    "\\boxed{" + "9" * 100_000 + "e3}",
+]
+
+
+@pytest.mark.parametrize("gold", ["5", "1, 2", "30\\text{ m/s}", "4.5e33"])
+def test_adversarial_inputs_on_new_paths_score_zero_within_bound(gold):
+    with MathVerifier(timeout_s=1.0, num_workers=2) as v:
+        start = time.monotonic()
+        assert v(ADVERSARIAL, [gold] * len(ADVERSARIAL)) == [0.0] * len(ADVERSARIAL)
+        assert time.monotonic() - start < 60.0
+
+
 # --- Math-Verify's own test tables ----------------------------------------------------------
 
 # (gold, prediction, Math-Verify's expected outcome). A prediction without a box is boxed.
