@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import importlib.metadata
 import inspect
 import os
 import re
@@ -93,6 +94,20 @@ def _read_gold(gold: str) -> tuple[str, tuple[str, ...], int]:
     is read once per sample of its problem."""
     value, units = split_units(gold)
     return value, units, count_answers(value)
+
+
+# `math_verify.verify`'s defaults (0.7 to 0.9); `allow_set_relation_comp` came in 0.8.
+_MATH_VERIFY_DEFAULTS = {
+    "float_rounding": 6,
+    "numeric_precision": 15,
+    "strict": True,
+    "allow_set_relation_comp": False,
+}
+
+
+def _math_verify_version() -> tuple[int, ...]:
+    version = importlib.metadata.version("math-verify")
+    return tuple(int(part) for part in re.findall(r"\d+", version)[:2])
 
 
 def _is_real(value: object) -> bool:
@@ -209,12 +224,17 @@ class MathVerifier:
         self.max_answer_chars = max_answer_chars
         self.float_rounding, self.numeric_precision = float_rounding, numeric_precision
         self.strict, self.allow_set_relation_comp = strict, allow_set_relation_comp
+        if allow_set_relation_comp and _math_verify_version() < (0, 8):
+            raise ValueError("MathVerifier: allow_set_relation_comp needs math-verify >= 0.8")
         options = {
             "float_rounding": float_rounding,
             "numeric_precision": numeric_precision,
             "strict": strict,
             "allow_set_relation_comp": allow_set_relation_comp,
         }
+        # Only the options that differ from Math-Verify's defaults travel, so that the defaults
+        # also work with a math-verify that lacks one of them.
+        options = {k: v for k, v in options.items() if v != _MATH_VERIFY_DEFAULTS[k]}
         self._ops = {mode: make_op(mode, **options) for mode in ("verify", "equiv")}
         self._pool: WorkerPool | None = None
         self._pool_lock = threading.Lock()
