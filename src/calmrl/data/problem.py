@@ -13,6 +13,9 @@ from calmrl.rewards.extract import normalize_gold
 # bare answer there; `solution` last, for MATH-style rows with a worked solution only.
 QUESTION_FIELDS = ("question", "problem", "query", "input", "prompt")
 ANSWER_FIELDS = ("gt_answer", "answer", "final_answer", "target", "solution")
+# OlympiadBench keeps the unit of a physics answer apart (``final_answer: ["$30$"]``,
+# ``unit: "m/s"``); it joins the gold so that a response may give the unit or leave it out.
+UNIT_FIELD = "unit"
 
 
 @dataclass
@@ -51,6 +54,9 @@ def row_to_problem(
 ) -> Problem | None:
     """Map one row to a Problem, every other field going to `meta`; None if the gold is empty.
 
+    The gold may be a list of answers (all required) and comes with the row's ``unit``, if any
+    (see `normalize_gold`).
+
     With ``require_answer=False`` (prompts to sample, nothing to grade) a row without a gold
     field becomes a Problem with an empty answer. Raises KeyError or TypeError for rows that
     do not fit.
@@ -66,7 +72,8 @@ def row_to_problem(
         return Problem(id=f"{name}-{index}", question=question, answer="", meta=meta)
     a_field = _pick_field(row, answer_field, ANSWER_FIELDS)
     raw_answer = row[a_field]
-    answer = normalize_gold(raw_answer)
+    unit = row.get(UNIT_FIELD)
+    answer = normalize_gold(raw_answer, unit=unit if isinstance(unit, str) else None)
     if not answer:
         return None
     meta = {k: v for k, v in row.items() if k not in (q_field, a_field)}

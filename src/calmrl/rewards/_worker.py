@@ -2,6 +2,7 @@
 
 Protocol (one JSON request per line on stdin, one reply per line on stdout): the worker first
 prints ``ready`` once its imports are warm, then answers each ``[op, a, b]`` with ``1`` or ``0``.
+`op` (see `make_op`) names the comparison and carries the verifier's Math-Verify options.
 It exits at end of input or when its parent disappears.
 """
 
@@ -14,10 +15,30 @@ import os
 import sys
 import threading
 import time
+from typing import Any
 
 # Address-space cap per worker: a runaway sympy computation (huge powers, factorials) then
 # raises MemoryError inside Math-Verify, which returns False, instead of eating the machine.
 WORKER_MEMORY_BYTES = 4 << 30
+
+
+def make_op(mode: str, **options: Any) -> str:
+    """A request's `op`: ``mode`` ("verify" or "equiv") with keyword options for
+    `math_verify.verify` (``float_rounding``, ``numeric_precision``, ``strict``, ...)."""
+    return json.dumps({"mode": mode, **options}, sort_keys=True)
+
+
+@functools.lru_cache(maxsize=64)
+def _read_op(op: str) -> tuple[str, dict[str, Any]]:
+    options = json.loads(op)
+    return options.pop("mode"), options
+
+
+@functools.lru_cache(maxsize=1)
+def _latex_config() -> Any:
+    from math_verify import LatexExtractionConfig
+
+    return LatexExtractionConfig(boxed_match_priority=0)
 
 
 @functools.lru_cache(maxsize=8192)
@@ -26,9 +47,17 @@ def _parse(answer: str) -> list:
     from math_verify import parse
 
     # Wrapping in a box makes Math-Verify read exactly this string (and nothing around it).
-    # parsing_timeout=None: its signal.alarm timeout breaks outside the main thread; the caller
-    # bounds time instead.
-    return parse("\\boxed{" + answer + "}", parsing_timeout=None)
+    # extraction_mode="first_match" parses the box as a whole or not at all: with the default
+    # "any_match", a box that fails to parse falls back to whatever fragment another pattern
+    # finds (``\frac{1}{3}E_1+\frac{2}{3}E_2`` became 2/3). What does not parse is compared
+    # as a string. parsing_timeout=None: its signal.alarm timeout breaks outside the main
+    # thread; the caller bounds time instead.
+    return parse(
+        "\\boxed{" + answer + "}",
+        extraction_config=(_latex_config(),),
+        extraction_mode="first_match",
+        parsing_timeout=None,
+    )
 
 
 def check(op: str, a: str, b: str) -> bool:
@@ -40,12 +69,13 @@ def check(op: str, a: str, b: str) -> bool:
     from math_verify import verify
 
     try:
+        mode, options = _read_op(op)
         pa, pb = _parse(a), _parse(b)
         if not pa or not pb:
             return False
-        if verify(pa, pb, timeout_seconds=None):
+        if verify(pa, pb, timeout_seconds=None, **options):
             return True
-        return op == "equiv" and verify(pb, pa, timeout_seconds=None)
+        return mode == "equiv" and verify(pb, pa, timeout_seconds=None, **options)
     except Exception:  # Math-Verify catches most errors itself; anything left means "no".
         return False
 
@@ -67,7 +97,7 @@ def main() -> None:
     threading.Thread(target=_exit_when_orphaned, args=(os.getppid(),), daemon=True).start()
     # Math-Verify warns that its timeout is disabled: here that is intended.
     logging.getLogger("math_verify").setLevel(logging.ERROR)
-    check("verify", "1", "1")  # warm the LaTeX parser before declaring readiness
+    check(make_op("verify"), "1", "1")  # warm the LaTeX parser before declaring readiness
     out = sys.stdout.buffer
     out.write(b"ready\n")
     out.flush()

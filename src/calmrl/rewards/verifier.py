@@ -1,9 +1,11 @@
 """Math answer verification with Math-Verify, bounded in time and safe in threads and processes.
 
 A response's answer is the content of its last ``\\boxed{}`` (optionally the last number when
-there is none). Comparing it with the gold goes through three stages, cheapest first:
+there is none); when the gold lists several answers, the final boxes joined into one list are
+tried as well. Comparing it with the gold goes through three stages, cheapest first:
 
-1. exact string or integer match, in the calling thread (most GSM8K / arithmetic answers);
+1. exact string, integer or scientific-notation number match, in the calling thread (most
+   GSM8K / arithmetic answers);
 2. pre-checks that reject inputs known to make sympy hang or crash (over-long strings, deep
    nesting, numeric power towers such as ``9^{9^{9^9}}``, huge exponents or factorials);
 3. Math-Verify in a pool of worker processes with a per-item deadline (`timeout_s`): a worker
@@ -12,14 +14,30 @@ there is none). Comparing it with the gold goes through three stages, cheapest f
 
 from __future__ import annotations
 
+import difflib
+import functools
+import importlib.metadata
+import inspect
 import os
 import re
 import threading
 from collections.abc import Sequence
+from decimal import Decimal
 
 from calmrl.rewards._pool import WorkerPool
-from calmrl.rewards._worker import check
-from calmrl.rewards.extract import as_integer, extract_boxed, extract_last_number, normalize_gold
+from calmrl.rewards._worker import check, make_op
+from calmrl.rewards.extract import (
+    as_integer,
+    as_number,
+    count_answers,
+    extract_boxed,
+    extract_final_answers,
+    extract_last_number,
+    normalize_gold,
+    scientific_to_latex,
+    split_units,
+    strip_units,
+)
 
 MAX_NESTING = 20  # brackets deeper than any real answer; deep nesting overflows sympy's parser
 _NUMERIC_TOWER = re.compile(r"\d\s*\}?\s*(?:\^|\*\*)\s*\{?\s*\d+\s*\}?\s*(?:\^|\*\*)")
@@ -50,16 +68,77 @@ def is_safe_answer(answer: str, max_chars: int = 1000) -> bool:
     )
 
 
-def _quick_equal(a: str, b: str) -> bool | None:
-    """Decide without Math-Verify when both answers are identical or both are plain integers."""
+def _quick_equal(a: str, b: str, float_rounding: int) -> bool | None:
+    """Decide without Math-Verify when both answers are identical, integers, or plain numbers
+    of which one is in scientific notation (None: undecided).
+
+    Scientific notation is compared to a relative ``10**-float_rounding``: Math-Verify rounds
+    floats to `float_rounding` decimal places, which makes every pair of numbers below
+    ``1e-6`` equal.
+    """
     if a.strip() == b.strip():
         return True
     ia, ib = as_integer(a), as_integer(b)
-    return ia == ib if ia is not None and ib is not None else None
+    if ia is not None and ib is not None:
+        return ia == ib
+    na, nb = as_number(a), as_number(b)
+    if na is None or nb is None or not (na[1] or nb[1]):
+        return None
+    (x, _), (y, _) = na, nb
+    return abs(x - y) <= Decimal(10) ** -float_rounding * max(abs(x), abs(y))
+
+
+@functools.lru_cache(maxsize=4096)
+def _read_gold(gold: str) -> tuple[str, tuple[str, ...], int]:
+    """``(answer, units, number of answers)`` of a normalised gold; cached because each gold
+    is read once per sample of its problem."""
+    value, units = split_units(gold)
+    return value, units, count_answers(value)
+
+
+# `math_verify.verify`'s defaults (0.7 to 0.9); `allow_set_relation_comp` came in 0.8.
+_MATH_VERIFY_DEFAULTS = {
+    "float_rounding": 6,
+    "numeric_precision": 15,
+    "strict": True,
+    "allow_set_relation_comp": False,
+}
+
+
+def _math_verify_version() -> tuple[int, ...]:
+    version = importlib.metadata.version("math-verify")
+    return tuple(int(part) for part in re.findall(r"\d+", version)[:2])
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _require(ok: bool, name: str, value: object, what: str) -> None:
+    if not ok:
+        raise ValueError(f"MathVerifier: {name} must be {what}, got {value!r}")
+
+
+def _unknown_parameter(name: str) -> str:
+    """A one-line error for an unknown keyword, with the closest real parameter name."""
+    known = [p for p in inspect.signature(MathVerifier).parameters if p != "unknown"]
+    words = set(name.split("_"))
+    close = difflib.get_close_matches(name, known, n=1) or [
+        p for p in known if len(words & set(p.split("_"))) >= 2
+    ]
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"MathVerifier: unknown parameter {name!r}{hint}; parameters: {', '.join(known)}"
 
 
 class MathVerifier:
     """Batch math reward: ``verifier(responses, golds) -> list[float]``.
+
+    Golds are normalised by `normalize_gold`: lists of answers and units are accepted. A gold
+    with several answers (``"-2, 1"``) needs all of them, in one box or in one final box each.
 
     Args:
         correct, incorrect: reward for a correct / incorrect (or missing) answer, e.g. 1/0 or 1/-1.
@@ -71,6 +150,15 @@ class MathVerifier:
         num_workers: worker processes (default ``min(4, cpu_count)``); 0 verifies in the calling
             thread with the pre-checks as the only protection (no deadline).
         max_answer_chars: longer answers are scored incorrect without parsing.
+        float_rounding: decimal places to which Math-Verify rounds floats before comparing
+            (``0.333333`` matches ``1/3`` at 6); numbers in scientific notation agree to a
+            relative ``10**-float_rounding``.
+        numeric_precision: significant digits of Math-Verify's numeric evaluation.
+        strict: False lets Math-Verify match variables by position (``f(x)`` = ``f(y)``) and
+            compare sets with tuples.
+        allow_set_relation_comp: also compare a relation in the response with a set in the gold
+            (``-2 \\le x \\le 7`` for ``[-2, 7]``); the other way round is always allowed.
+    The last four are `math_verify.verify`'s parameters of the same names.
     """
 
     def __init__(
@@ -84,16 +172,70 @@ class MathVerifier:
         timeout_s: float = 5.0,
         num_workers: int | None = None,
         max_answer_chars: int = 1000,
+        float_rounding: int = 6,
+        numeric_precision: int = 15,
+        strict: bool = True,
+        allow_set_relation_comp: bool = False,
+        **unknown: object,
     ) -> None:
+        if unknown:
+            raise ValueError(_unknown_parameter(next(iter(unknown))))
         if num_workers is None:
             num_workers = min(4, os.cpu_count() or 1)
-        if num_workers < 0 or timeout_s <= 0:
-            raise ValueError("num_workers must be >= 0 and timeout_s > 0")
+        for name, value in (
+            ("correct", correct),
+            ("incorrect", incorrect),
+            ("format_bonus", format_bonus),
+            ("format_penalty", format_penalty),
+        ):
+            _require(_is_real(value), name, value, "a number")
+        for name, value in (
+            ("number_fallback", number_fallback),
+            ("strict", strict),
+            ("allow_set_relation_comp", allow_set_relation_comp),
+        ):
+            _require(isinstance(value, bool), name, value, "true or false")
+        _require(_is_real(timeout_s) and timeout_s > 0, "timeout_s", timeout_s, "a number > 0")
+        _require(
+            _is_int(num_workers) and num_workers >= 0, "num_workers", num_workers, "an int >= 0"
+        )
+        _require(
+            _is_int(max_answer_chars) and max_answer_chars > 0,
+            "max_answer_chars",
+            max_answer_chars,
+            "an int > 0",
+        )
+        _require(
+            _is_int(float_rounding) and float_rounding >= 0,
+            "float_rounding",
+            float_rounding,
+            "an int >= 0",
+        )
+        _require(
+            _is_int(numeric_precision) and numeric_precision > 0,
+            "numeric_precision",
+            numeric_precision,
+            "an int > 0",
+        )
         self.correct, self.incorrect = correct, incorrect
         self.format_bonus, self.format_penalty = format_bonus, format_penalty
         self.number_fallback = number_fallback
         self.timeout_s, self.num_workers = timeout_s, num_workers
         self.max_answer_chars = max_answer_chars
+        self.float_rounding, self.numeric_precision = float_rounding, numeric_precision
+        self.strict, self.allow_set_relation_comp = strict, allow_set_relation_comp
+        if allow_set_relation_comp and _math_verify_version() < (0, 8):
+            raise ValueError("MathVerifier: allow_set_relation_comp needs math-verify >= 0.8")
+        options = {
+            "float_rounding": float_rounding,
+            "numeric_precision": numeric_precision,
+            "strict": strict,
+            "allow_set_relation_comp": allow_set_relation_comp,
+        }
+        # Only the options that differ from Math-Verify's defaults travel, so that the defaults
+        # also work with a math-verify that lacks one of them.
+        options = {k: v for k, v in options.items() if v != _MATH_VERIFY_DEFAULTS[k]}
+        self._ops = {mode: make_op(mode, **options) for mode in ("verify", "equiv")}
         self._pool: WorkerPool | None = None
         self._pool_lock = threading.Lock()
 
@@ -104,15 +246,34 @@ class MathVerifier:
             answer = extract_last_number(response)
         return answer
 
+    def _candidates(self, response: str, n_answers: int) -> list[str]:
+        """Answers to try against a gold with `n_answers` answers: the last box, and for
+        several answers the final boxes as one list (one box per answer is common)."""
+        answer = self.extract(response)
+        if answer is None:
+            return []
+        if n_answers < 2:
+            return [answer]
+        joined = ", ".join(extract_final_answers(response, n_answers))
+        return [answer, joined] if joined and joined != answer else [answer]
+
     def verify(self, responses: Sequence[str], golds: Sequence[str]) -> list[bool]:
         """Whether each response's answer matches its gold."""
         if len(responses) != len(golds):
             raise ValueError(f"got {len(responses)} responses but {len(golds)} golds")
-        answers = [self.extract(r) for r in responses]
-        pairs = [(normalize_gold(g), a) for g, a in zip(golds, answers, strict=True)]
-        checked = self._compare("verify", [p for p in pairs if p[1] is not None])
-        it = iter(checked)
-        return [a is not None and next(it) for _, a in pairs]
+        pairs: list[tuple[str, str]] = []
+        owners: list[int] = []
+        for i, (response, gold) in enumerate(zip(responses, golds, strict=True)):
+            value, units, n_answers = _read_gold(normalize_gold(gold))
+            for answer in self._candidates(response, n_answers):
+                if units and len(answer) <= self.max_answer_chars:
+                    answer = strip_units(answer, units)
+                pairs.append((value, answer))
+                owners.append(i)
+        results = [False] * len(responses)
+        for i, ok in zip(owners, self._compare("verify", pairs), strict=True):
+            results[i] = results[i] or ok
+        return results
 
     def __call__(self, responses: Sequence[str], golds: Sequence[str]) -> list[float]:
         rewards = []
@@ -152,17 +313,20 @@ class MathVerifier:
             labels.append(seen[key])
         return labels
 
-    def _compare(self, op: str, pairs: list[tuple[str, str]]) -> list[bool]:
+    def _compare(self, mode: str, pairs: list[tuple[str, str]]) -> list[bool]:
         results = [False] * len(pairs)
         requests, where = [], []
         for i, (a, b) in enumerate(pairs):
-            quick = _quick_equal(a, b)
+            quick = _quick_equal(a, b, self.float_rounding)
             if quick is not None:
                 results[i] = quick
-            elif is_safe_answer(a, self.max_answer_chars) and is_safe_answer(
+                continue
+            # After the rewrite, so that `1e999999` meets the huge-exponent check.
+            a, b = scientific_to_latex(a), scientific_to_latex(b)
+            if is_safe_answer(a, self.max_answer_chars) and is_safe_answer(
                 b, self.max_answer_chars
             ):
-                requests.append((op, a, b))
+                requests.append((self._ops[mode], a, b))
                 where.append(i)
         if self.num_workers == 0:
             answers = [check(*request) for request in requests]
