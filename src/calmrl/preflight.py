@@ -108,24 +108,24 @@ def check_output_dir(path: Path, *, resume: bool, overwrite: bool) -> None:
         )
 
 
-def check_model_source(name: str) -> str:
+def check_model_source(name: str, key: str = "model.name") -> str:
     """Where ``model.name`` will load from, without loading it (one line on what is wrong)."""
     if name in BUILTIN_MODELS:
-        return f"built-in, from {as_config_error('model.name', builtin_gguf_path, name)}"
+        return f"built-in, from {as_config_error(key, builtin_gguf_path, name)}"
     path = Path(name)
     if name.endswith(".gguf"):
         if not path.is_file():
-            raise ValueError(f"model.name: GGUF file {name!r} does not exist")
+            raise ValueError(f"{key}: GGUF file {name!r} does not exist")
         return f"GGUF file {path}"
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise ValueError(f"model.name: {path} holds no config.json, so no HF model")
+            raise ValueError(f"{key}: {path} holds no config.json, so no HF model")
         return f"HF directory {path}"
     if path.exists() or name.startswith((".", "/", "~")):
-        raise ValueError(f"model.name: {name!r} is not a model directory or .gguf file")
+        raise ValueError(f"{key}: {name!r} is not a model directory or .gguf file")
     if os.environ.get("HF_HUB_OFFLINE") == "1":
         raise ValueError(
-            f"model.name: {name!r} is not local and HF_HUB_OFFLINE=1 forbids the hub; give a "
+            f"{key}: {name!r} is not local and HF_HUB_OFFLINE=1 forbids the hub; give a "
             f"built-in name ({', '.join(BUILTIN_MODELS)}), a .gguf file or an HF directory"
         )
     return f"hub id {name} (downloads on first use)"

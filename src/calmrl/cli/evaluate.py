@@ -100,7 +100,7 @@ def eval_(
     )
     from calmrl.io import check_writable_dir
     from calmrl.models import load_model
-    from calmrl.preflight import check_model_source
+    from calmrl.preflight import as_config_error, check_model_source
     from calmrl.rewards import get_reward
     from calmrl.sampling import HFBackend
 
@@ -110,8 +110,10 @@ def eval_(
     ks = parse_ks(k, n)
     prompt_format = PromptFormat.build(system=system, math_suffix=math_suffix, few_shot=few_shot)
     check_writable_dir(output_dir, "--output-dir")
-    check_model_source(model)
-    problems = load_problems(
+    check_model_source(model, key="--model")
+    problems = as_config_error(
+        "--dataset",
+        load_problems,
         dataset,
         limit=limit,
         seed=data_seed,

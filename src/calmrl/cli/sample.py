@@ -75,17 +75,18 @@ def sample(
     from calmrl.data.prompts import PromptFormat
     from calmrl.io import check_writable_file, write_jsonl
     from calmrl.models import load_model
-    from calmrl.preflight import check_model_source
+    from calmrl.preflight import as_config_error, check_model_source
     from calmrl.sampling import HFBackend, Method
 
     if output is not None:
         check_writable_file(output, "--output")
-    check_model_source(model)
+    check_model_source(model, key="--model")
     questions = list(prompt or [])
     if prompts_file is not None:
-        problems = load_problems(
-            str(prompts_file), limit=limit, question_field=field, require_answer=False
-        )
+        problems = as_config_error(
+            "--prompts-file", load_problems, str(prompts_file), limit=limit,
+            question_field=field, require_answer=False,
+        )  # fmt: skip
         questions += [p.question for p in problems]
     if not questions:
         raise UsageError("--prompt/--prompts-file: give at least one prompt")
