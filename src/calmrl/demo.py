@@ -64,7 +64,12 @@ def run_training_demo(overrides: list[str] | None = None) -> dict[str, EvalResul
     for label, result in (("before", before), ("after", after)):
         result.method = f"{label} training"
         write_json(plots / f"eval_{label}.json", result.to_dict())
-    written += plot_eval_results([plots / "eval_before.json", plots / "eval_after.json"], plots)
+    title = (
+        f"held-out {config.data.eval}: {len(before.problems)} problems x n={before.n}, "
+        f"{config.train.eval_method} {config.train.eval_params} (band: 95% bootstrap CI)"
+    )
+    files = [plots / "eval_before.json", plots / "eval_after.json"]
+    written += plot_eval_results(files, plots, title=title)
     console.print("plots: " + ", ".join(str(p) for p in written))
     return history
 

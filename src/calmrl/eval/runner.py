@@ -47,12 +47,23 @@ class EvalResult:
         return {f"{prefix}{name}": value["mean"] for name, value in self.metrics.items()}
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """JSON-able, floats rounded to 6 decimals (bootstrap bounds carry no more)."""
+        return _rounded(asdict(self))
 
     @staticmethod
     def from_dict(data: dict[str, Any]) -> EvalResult:
         problems = [ProblemResult(**p) for p in data["problems"]]
         return EvalResult(**{**data, "problems": problems})
+
+
+def _rounded(value: Any) -> Any:
+    if isinstance(value, float):
+        return round(value, 6)
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rounded(v) for v in value]
+    return value
 
 
 def per_problem_metrics(problems: Sequence[ProblemResult], k: int) -> dict[str, np.ndarray]:

@@ -1,10 +1,13 @@
-"""Run metrics: one JSONL line per step, plus TensorBoard and Weights & Biases when enabled."""
+"""Run metrics: one JSONL line per step, plus TensorBoard and Weights & Biases when enabled;
+and what the console shows while a run goes (a spinner naming the phase, a line per step)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -119,3 +122,39 @@ def step_line(step: int, steps: int, metrics: dict[str, Any], eta_s: float = 0.0
     if eta_s > 0:
         parts.append(f"eta {int(eta_s // 60)}m{int(eta_s % 60):02d}s")
     return "  ".join(parts)
+
+
+class RunConsole:
+    """A rich console's view of a run; every method is a no-op without a console."""
+
+    def __init__(self, console: Any, steps: int):
+        self.console, self.steps = console, steps
+        self._live: tuple[Any, str] | None = None
+        self._step_seconds: list[float] = []
+
+    @contextlib.contextmanager
+    def status(self, message: str) -> Iterator[None]:
+        """A live spinner; ``phase`` replaces the text after its first ``:``."""
+        if self.console is None:
+            yield
+            return
+        with self.console.status(message) as spinner:
+            self._live = (spinner, message.partition(":")[0])
+            try:
+                yield
+            finally:
+                self._live = None
+
+    def phase(self, text: str) -> None:
+        if self._live is not None:
+            spinner, head = self._live
+            spinner.update(f"{head}: {text}")
+
+    def report(self, step: int, metrics: dict[str, Any]) -> None:
+        self._step_seconds.append(metrics.get("time/step", 0.0))
+        eta = (self.steps - step) * sum(self._step_seconds) / len(self._step_seconds)
+        self.note(step_line(step, self.steps, metrics, eta))
+
+    def note(self, text: str) -> None:
+        if self.console is not None:
+            self.console.print(text, soft_wrap=True, highlight=False)

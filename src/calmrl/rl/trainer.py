@@ -48,7 +48,7 @@ from calmrl.rl.checkpoint import (
     save_final,
     set_rng_state,
 )
-from calmrl.rl.run_logger import RunLogger, step_line
+from calmrl.rl.run_logger import RunConsole, RunLogger
 from calmrl.rl.signals import StopFlag, stop_on_signals
 from calmrl.rl.update import PolicyUpdate
 from calmrl.rl.value_head import ValueHead
@@ -81,7 +81,7 @@ class Trainer:
     ):
         cfg = self.config = config
         self.run_dir = Path(cfg.train.output_dir)
-        self.console = console
+        self.ui = RunConsole(console, cfg.train.steps)
         # Everything that bad input can break is checked before the model loads.
         inputs = check_inputs(cfg, resume=resume, model_given=model is not None)
         self.train_problems, self.eval_problems = inputs.train_problems, inputs.eval_problems
@@ -92,7 +92,9 @@ class Trainer:
 
         torch.manual_seed(cfg.train.seed)
         if model is None:
-            with self._status(f"loading {cfg.model.name}"):
+            with self.ui.status(
+                f"loading {cfg.model.name} (a built-in model converts once, ~30 s)"
+            ):
                 model, tokenizer = load_model(
                     cfg.model.name, dtype=getattr(torch, cfg.model.dtype), device=inputs.device
                 )
@@ -133,7 +135,6 @@ class Trainer:
         self.step = 0
         self.bad_steps = 0
         self.last_eval: EvalResult | None = None
-        self._step_seconds: list[float] = []
         if resume:
             self._restore(checkpoints)
         # Only now, with every input checked and the model loaded, may an earlier run go.
@@ -148,11 +149,10 @@ class Trainer:
             wandb_project=cfg.train.wandb_project,
             config=cfg.model_dump(mode="json"),
         )
-        if self.logger.tensorboard_missing and console is not None:
-            console.print(
+        if self.logger.tensorboard_missing:
+            self.ui.note(
                 "note: tensorboard is not installed, so no TensorBoard events (pip install "
-                "tensorboard, or train.tensorboard=false); metrics.jsonl has every metric",
-                soft_wrap=True,
+                "tensorboard, or train.tensorboard=false); metrics.jsonl has every metric"
             )
 
     # -- the loop -------------------------------------------------------------------------------
@@ -180,20 +180,20 @@ class Trainer:
         cfg = self.config.train
         history: dict[str, Any] = {}
         if cfg.eval_every and self.step == 0:
-            with self._status(f"evaluating before training ({len(self.eval_problems)} problems)"):
+            with self.ui.status("evaluating before training"):
                 history["before"] = self.run_eval()
             self.logger.log(0, history["before"].flat_metrics(prefix="eval/"))
         while self.step < cfg.steps and not stop.signal:
             started = time.perf_counter()
-            with self._status(f"step {self.step + 1}/{cfg.steps}: rollouts, rewards, update"):
+            with self.ui.status(f"step {self.step + 1}/{cfg.steps}: rollouts"):
                 metrics = self.train_step()
             self.step += 1
             metrics["time/step"] = time.perf_counter() - started
             if cfg.eval_every and (self.step % cfg.eval_every == 0 or self.step == cfg.steps):
-                with self._status(f"evaluating at step {self.step}"):
+                with self.ui.status(f"evaluating at step {self.step}"):
                     metrics.update(self.run_eval().flat_metrics(prefix="eval/"))
             self.logger.log(self.step, metrics)
-            self._report(metrics)
+            self.ui.report(self.step, metrics)
             if self.bad_steps >= cfg.max_bad_steps:
                 raise TrainingAborted(
                     f"train.max_bad_steps: {self.bad_steps} consecutive steps up to step "
@@ -230,6 +230,7 @@ class Trainer:
                 batch = self.make_batch(kept, kept_rewards, metrics)
                 metrics = batch.metrics
                 # 4. update, then the backend samples from the new weights
+                self.ui.phase(f"update on {len(batch.rollouts)} rows")
                 started = time.perf_counter()
                 seed = derive_seed(self.config.train.seed, self.step, "update")
                 metrics.update(self.update(batch, seed=seed))
@@ -276,6 +277,7 @@ class Trainer:
                     stop=cfg.stop,
                 )
             timings["time/rollout"] += time.perf_counter() - started
+            self.ui.phase(f"rewards for {len(rollouts)} rollouts")
             started = time.perf_counter()
             rewards = self.score(rollouts, [p.answer for p in problems])
             timings["time/reward"] += time.perf_counter() - started
@@ -332,6 +334,9 @@ class Trainer:
                 self.eval_problems,
                 self.eval_method,
                 prompts=self.prompts_for(self.eval_problems),
+                progress=lambda done, acc: self.ui.phase(
+                    f"{done}/{len(self.eval_problems)} problems, accuracy {acc:.3f}"
+                ),
                 verifier=self.verifier,
                 n=cfg.train.eval_n,
                 ks=cfg.train.eval_k,
@@ -348,23 +353,6 @@ class Trainer:
         if dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=getattr(torch, dtype))
-
-    def _status(self, message: str) -> contextlib.AbstractContextManager:
-        """A live spinner on the console (nothing without one)."""
-        return self.console.status(message) if self.console else contextlib.nullcontext()
-
-    def _report(self, metrics: dict[str, Any]) -> None:
-        if self.console is None:
-            return
-        self._step_seconds.append(metrics["time/step"])
-        left = (
-            (self.config.train.steps - self.step)
-            * sum(self._step_seconds)
-            / len(self._step_seconds)
-        )
-        line = step_line(self.step, self.config.train.steps, metrics)
-        eta = f"  eta {int(left // 60)}m{int(left % 60):02d}s" if left else ""
-        self.console.print(line + eta, soft_wrap=True)
 
     # -- checkpoints ----------------------------------------------------------------------------
 
@@ -439,8 +427,7 @@ def run_training(config: Config, *, resume: bool = False, console: Any = None) -
     if resume and trainer.finished:
         steps = config.train.steps
         message = f"{trainer.run_dir}: the run is complete ({trainer.step} of {steps} steps)"
-        if console is not None:
-            console.print(message, soft_wrap=True)
+        trainer.ui.note(message)
         trainer.logger.close()
         return {}
     return trainer.train()
