@@ -288,7 +288,9 @@ def test_eval_cli_end_to_end(tiny_loader, tmp_path, monkeypatch, capsys):
         recomputed = recomputed_metrics(result)
         assert recomputed.keys() == result.metrics.keys()
         for name, value in recomputed.items():
-            assert result.metrics[name] == pytest.approx(value, abs=1e-12), name
+            assert result.metrics[name] == pytest.approx(value, abs=1e-6), (
+                name
+            )  # the JSON rounds to 6 decimals
     assert "constant:tau=0.6" in out and "annealed" in out and "pass@4" in out
 
 

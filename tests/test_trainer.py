@@ -91,7 +91,8 @@ def test_one_step_raises_probability_of_rewarded_start(tmp_path, advantage):
     prefix, _ = first_char_of_most_likely_start(model, tokenizer, prompts[0])
     trainer.reward_fn = StartsWith(prefix)
     timings = {"time/rollout": 0.0, "time/reward": 0.0}
-    _, _, rollouts, rewards = trainer.sample_and_score(timings)
+    collected = trainer.sample_and_score(timings)
+    rollouts, rewards = collected.rollouts, collected.rewards
     batch = trainer.make_batch(rollouts, rewards, {})
     assert 0 < int(rewards.sum()) < len(rewards), "the constructed case must carry a signal"
 

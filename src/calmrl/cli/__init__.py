@@ -10,7 +10,7 @@ import sys
 import typer
 
 from calmrl.cli import analyze, demo, evaluate, sample, train
-from calmrl.cli.app import UsageError, app
+from calmrl.cli.app import UsageError, app, rank_prefix
 
 __all__ = ["UsageError", "analyze", "app", "demo", "evaluate", "main", "sample", "train"]
 
@@ -34,7 +34,7 @@ def main() -> None:
         app()
     except (UsageError, ValueError, FileNotFoundError, ImportError) as error:
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        typer.echo(f"error: {message}", err=True)
+        typer.echo(f"error: {rank_prefix()}{message}", err=True)
         sys.exit(2)
 
 

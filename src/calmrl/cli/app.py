@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Annotated, Any
 
 import typer
@@ -72,3 +73,10 @@ QuestionField = Annotated[
 AnswerField = Annotated[
     str | None, typer.Option("--answer-field", help="Gold-answer field of a data file.")
 ]
+
+
+def rank_prefix() -> str:
+    """``"rank 1: "`` under torchrun, so a failing rank names itself; empty otherwise."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return f"rank {os.environ.get('RANK', '?')}: "
+    return ""

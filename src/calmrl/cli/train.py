@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from calmrl.cli.app import UsageError, app
+from calmrl.cli.app import UsageError, app, rank_prefix
 
 
 @app.command(context_settings={"allow_extra_args": False})
@@ -60,8 +61,10 @@ def train(
         )
     else:
         cfg = load_config(config, overrides or [])
-    console = Console()
+    # Under torchrun, rank 0 alone talks to the terminal.
+    console = Console() if os.environ.get("RANK", "0") == "0" else None
     if check:
+        console = console or Console()
         from calmrl.preflight import check_inputs, check_model_source, summary
 
         inputs = check_inputs(cfg, resume=resume is not None)
@@ -71,16 +74,18 @@ def train(
         return
     from calmrl.rl.trainer import TrainingAborted, TrainingInterrupted, run_training
 
-    console.print(f"[bold]calmrl train[/] -> {cfg.train.output_dir}", soft_wrap=True)
+    if console is not None:
+        console.print(f"[bold]calmrl train[/] -> {cfg.train.output_dir}", soft_wrap=True)
     try:
         history = run_training(cfg, resume=resume is not None, console=console)
     except TrainingInterrupted as stop:
-        typer.echo(f"error: {stop}", err=True)
+        typer.echo(f"error: {rank_prefix()}{stop}", err=True)
         sys.exit(128 + stop.signal)
     except TrainingAborted as error:
-        typer.echo(f"error: {error}", err=True)
+        typer.echo(f"error: {rank_prefix()}{error}", err=True)
         sys.exit(1)
-    _print_run_summary(console, cfg.train.output_dir, history)
+    if console is not None:
+        _print_run_summary(console, cfg.train.output_dir, history)
 
 
 def _print_run_summary(console: Any, run_dir: str, history: dict[str, Any]) -> None:

@@ -19,6 +19,7 @@ import numpy as np
 from calmrl.data import Problem
 from calmrl.eval.metrics import bootstrap_ci, maj_at_k, mean_at_k, pass_at_k, worst_at_k
 from calmrl.rewards import Verifier
+from calmrl.rl.distributed import World
 from calmrl.sampling import Method, RolloutBackend
 
 
@@ -134,8 +135,12 @@ def evaluate(
     label: str = "",
     keep_responses: bool = False,
     progress: Callable[[int, float], None] | None = None,
+    world: World | None = None,
 ) -> EvalResult:
     """Sample ``n`` responses per problem with ``method`` through ``backend`` and score them.
+
+    Under torchrun (``world``) each rank evaluates the problems it owns and every rank gets
+    all the results, in problem order: the numbers equal one process's.
 
     Problem ``i`` is prompt index ``i`` of the per-row random streams, so the samples do not
     depend on how problems are chunked or split. ``progress(problems_done, running_accuracy)``
@@ -146,34 +151,36 @@ def evaluate(
     if len(prompts) != len(problems):
         raise ValueError(f"prompts: got {len(prompts)} for {len(problems)} problems")
     check_ks(ks, n)
+    world = world or World()
+    mine = [i for i in range(len(problems)) if world.owns(i)]  # problems split over ranks
     chunk = max(1, chunk_rows // n)
-    results: list[ProblemResult] = []
-    for start in range(0, len(problems), chunk):
-        part = range(start, min(start + chunk, len(problems)))
+    results: list[tuple[int, ProblemResult]] = []
+    for start in range(0, len(mine), chunk):
+        part = mine[start : start + chunk]
         rollouts = backend.generate(
             [prompts[i] for i in part],
             method,
             n=n,
             max_new_tokens=max_new_tokens,
             seed=seed,
-            prompt_indices=list(part),
+            prompt_indices=part,
         )
         lengths = rollouts.response_lengths.tolist()
         for offset, i in enumerate(part):
             rows = range(offset * n, (offset + 1) * n)  # a prompt's n rows are adjacent
-            results.append(
-                score_problem(
-                    problems[i],
-                    [rollouts.texts[r] for r in rows],
-                    verifier,
-                    mean_length=float(np.mean([lengths[r] for r in rows])),
-                    keep_responses=keep_responses,
-                )
+            texts = [rollouts.texts[r] for r in rows]
+            mean_length = float(np.mean([lengths[r] for r in rows]))
+            scored = score_problem(
+                problems[i], texts, verifier, mean_length=mean_length, keep_responses=keep_responses
             )
+            results.append((i, scored))
         if progress is not None:
-            progress(len(results), sum(p.correct for p in results) / (len(results) * n))
-    result = EvalResult(method=label, n=n, ks=list(ks), problems=results)
-    result.metrics = compute_metrics(results, ks, seed=seed)
+            correct = sum(p.correct for _, p in results)
+            progress(len(results), correct / (len(results) * n))
+    gathered = sorted((pair for part in world.gather(results) for pair in part), key=lambda x: x[0])
+    ordered = [scored for _, scored in gathered]
+    result = EvalResult(method=label, n=n, ks=list(ks), problems=ordered)
+    result.metrics = compute_metrics(ordered, ks, seed=seed)
     return result
 
 

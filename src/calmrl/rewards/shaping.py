@@ -40,3 +40,23 @@ def overlong_penalty(
     expected = max_response_length - buffer_length
     exceed = response_lengths.float() - expected
     return (-exceed / buffer_length * penalty_factor).clamp(min=-penalty_factor, max=0.0)
+
+
+def shaped_rewards(
+    scores: list[float],
+    response_lengths: torch.Tensor,
+    *,
+    max_response_length: int,
+    overlong_buffer: int = 0,
+    penalty_factor: float = 1.0,
+) -> torch.Tensor:
+    """The verifier's scores as a tensor, plus the overlong penalty when ``overlong_buffer``."""
+    rewards = torch.tensor(scores, dtype=torch.float32)
+    if overlong_buffer:
+        rewards += overlong_penalty(
+            response_lengths,
+            max_response_length=max_response_length,
+            buffer_length=overlong_buffer,
+            penalty_factor=penalty_factor,
+        )
+    return rewards

@@ -7,6 +7,7 @@ importance weights of the behaviour log-probs the backend recorded.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -15,7 +16,7 @@ import torch
 from calmrl.data import Problem
 from calmrl.rl.advantages import ADVANTAGES, dapo_group_filter
 from calmrl.rl.forward import ResponseForward
-from calmrl.rl.importance import tis_weights
+from calmrl.rl.importance import tis_stats, tis_weights
 from calmrl.sampling.rollouts import Rollouts
 
 
@@ -59,6 +60,7 @@ class Batch:
     metrics: dict[str, float] = field(default_factory=dict)
     old_values: torch.Tensor | None = None  # [N, T], GAE only
     returns: torch.Tensor | None = None  # [N, T], GAE only
+    row_keys: torch.Tensor | None = None  # [N] global identity: stream index * n + sample
 
 
 class BatchSettings(Protocol):
@@ -97,12 +99,15 @@ def make_batch(
     *,
     forward: ResponseForward | None = None,
     metrics: dict[str, float] | None = None,
+    row_keys: torch.Tensor | None = None,
+    reduce: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None,
 ) -> Batch:
     """Advantages, pi_old and TIS weights of scored rollouts.
 
     ``forward`` is a no-grad pass of the current policy over the rollouts, needed when pi_old
     is recomputed or the estimator needs values (GAE); otherwise pi_old is the backend's tau = 1
-    log-probs, recorded for free while sampling.
+    log-probs, recorded for free while sampling. ``reduce`` sums the TIS totals over ranks
+    (``{"max": ...}`` by maximum), so the logged statistics are the global ones.
     """
     metrics = dict(metrics or {})
     mask = rollouts.response_mask
@@ -135,8 +140,14 @@ def make_batch(
             level=settings.tis_level,
             mode=settings.tis_mode,
         )
-        metrics.update({f"tis/{k.removeprefix('tis_')}": float(v) for k, v in diagnostics.items()})
-    return Batch(rollouts, rewards, advantages, old_logprobs, weights, metrics, values, returns)
+        totals = {k.removeprefix("totals/"): v for k, v in diagnostics.items() if "/" in k}
+        stats = tis_stats(reduce(totals) if reduce is not None else totals)
+        metrics.update({f"tis/{k.removeprefix('tis_')}": float(v) for k, v in stats.items()})
+    if row_keys is None:
+        row_keys = torch.arange(len(rollouts))
+    return Batch(
+        rollouts, rewards, advantages, old_logprobs, weights, metrics, values, returns, row_keys
+    )
 
 
 def critic_metrics(

@@ -9,14 +9,17 @@ with ``calmrl.io.atomic_dir``, so a crash mid-write leaves the previous one inta
 
 from __future__ import annotations
 
+import pickle
 import random
 import re
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel
 
@@ -108,3 +111,21 @@ def load_model_weights(checkpoint: Path, model: PreTrainedModel, device: torch.d
             f"(missing {missing[:2]}, unexpected {unexpected[:2]}); resume with the same "
             "model.name and model.lora_rank"
         )
+
+
+def load_latest_readable(
+    checkpoints: list[Path], model: PreTrainedModel, device: torch.device
+) -> tuple[Path, dict[str, Any]]:
+    """Load the newest checkpoint that reads; a truncated or corrupt one is skipped with a
+    warning (a crash or a full disk while it was written)."""
+    for checkpoint in reversed(checkpoints):
+        try:
+            load_model_weights(checkpoint, model, device)
+            return checkpoint, load_trainer_state(checkpoint)
+        except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, SafetensorError) as e:
+            warnings.warn(
+                f"--resume: checkpoint {checkpoint} is unreadable ({type(e).__name__}); "
+                "using the one before it",
+                stacklevel=2,
+            )
+    raise FileNotFoundError(f"--resume: no readable checkpoint among {len(checkpoints)}")

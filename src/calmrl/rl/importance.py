@@ -15,19 +15,27 @@ TIS_LEVELS = ("token", "sequence")
 TIS_MODES = ("truncate", "mask")
 
 
-def _unit_stats(weights: torch.Tensor, raw: torch.Tensor, cap: float) -> dict[str, torch.Tensor]:
-    """Diagnostics over 1-D importance weights (one per token or per sequence)."""
-    n = weights.numel()
-    zero = weights.new_zeros(())
-    if n == 0:
-        return {"tis_mean": zero, "tis_max": zero, "tis_frac_truncated": zero, "tis_ess": zero}
-    total, total_sq = weights.sum(), weights.square().sum()
+def _unit_totals(weights: torch.Tensor, raw: torch.Tensor, cap: float) -> dict[str, torch.Tensor]:
+    """Sums over 1-D importance weights (one per token or per sequence); they add up over ranks
+    (``max`` takes the maximum)."""
     return {
-        "tis_mean": total / n,
-        "tis_max": weights.max(),
-        "tis_frac_truncated": (raw > cap).to(weights.dtype).mean(),
+        "units": weights.new_tensor(float(weights.numel())),
+        "sum": weights.sum(),
+        "sum_sq": weights.square().sum(),
+        "max": weights.max() if weights.numel() else weights.new_zeros(()),
+        "truncated": (raw > cap).to(weights.dtype).sum(),
+    }
+
+
+def tis_stats(totals: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``tis_mean``, ``tis_max``, ``tis_frac_truncated``, ``tis_ess`` from ``_unit_totals``."""
+    n = totals["units"]
+    return {
+        "tis_mean": safe_div(totals["sum"], n),
+        "tis_max": totals["max"],
+        "tis_frac_truncated": safe_div(totals["truncated"], n),
         # Kish's effective sample size over n: 1 for equal weights, 1/n for one dominant weight.
-        "tis_ess": safe_div(total.square(), n * total_sq),
+        "tis_ess": safe_div(totals["sum"].square(), n * totals["sum_sq"]),
     }
 
 
@@ -60,7 +68,8 @@ def tis_weights(
         ``(weights [B, T], diagnostics)``. Diagnostics are taken over the units that carry
         one weight each (response tokens, or sequences with at least one response token):
         ``tis_mean``, ``tis_max``, ``tis_frac_truncated`` (share with ``rho > cap``) and
-        ``tis_ess = (sum w)^2 / (n * sum w^2)`` in ``(0, 1]``; all 0 when there is no unit.
+        ``tis_ess = (sum w)^2 / (n * sum w^2)`` in ``(0, 1]``; all 0 when there is no unit;
+        and the sums behind them as ``totals/*``, which add up over ranks (``tis_stats``).
     """
     check_choice("level", level, TIS_LEVELS)
     check_choice("mode", mode, TIS_MODES)
@@ -77,9 +86,9 @@ def tis_weights(
     weights = raw.clamp(max=cap) if mode == "truncate" else torch.where(raw > cap, 0.0, raw)
     weights = torch.where(valid, weights, 0.0)
     if level == "token":
-        stats = _unit_stats(weights[valid], raw[valid], cap)
+        totals = _unit_totals(weights[valid], raw[valid], cap)
     else:
         # Each row carries one weight; rows without a response token carry none.
         has_tokens = valid.any(-1)
-        stats = _unit_stats(weights.amax(-1)[has_tokens], raw[:, 0][has_tokens], cap)
-    return weights, stats
+        totals = _unit_totals(weights.amax(-1)[has_tokens], raw[:, 0][has_tokens], cap)
+    return weights, {**tis_stats(totals), **{f"totals/{k}": v for k, v in totals.items()}}

@@ -22,17 +22,22 @@ class RunLogger:
         run_dir: Path,
         *,
         resume_step: int | None = None,
+        enabled: bool = True,
         tensorboard: bool = True,
         wandb_project: str | None = None,
         config: dict[str, Any] | None = None,
     ):
         self.path = run_dir / "metrics.jsonl"
+        self.enabled = enabled  # under torchrun rank 0 alone writes
+        self._tb = None
+        self._wandb = None
+        self.tensorboard_missing = False
+        if not enabled:
+            return
         if resume_step is not None and self.path.exists():
             kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= resume_step]
             with atomic_open(self.path) as handle:
                 handle.writelines(json.dumps(record) + "\n" for record in kept)
-        self._tb = None
-        self.tensorboard_missing = False
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -40,13 +45,14 @@ class RunLogger:
                 self._tb = SummaryWriter(str(run_dir / "tensorboard"))
             except ImportError:  # tensorboard is an optional extra
                 self.tensorboard_missing = True
-        self._wandb = None
         if wandb_project:
             import wandb  # optional; a clear ImportError names the package
 
             self._wandb = wandb.init(project=wandb_project, dir=str(run_dir), config=config)
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
         record = {"step": step, **{k: _plain(v) for k, v in metrics.items()}}
         with self.path.open("a") as handle:
             handle.write(json.dumps(record) + "\n")

@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import pickle
+import signal
 import time
-import warnings
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from calmrl.config import Config
@@ -36,24 +35,27 @@ from calmrl.models import load_model
 from calmrl.models.compat import enable_checkpointing
 from calmrl.models.lora import with_lora
 from calmrl.preflight import as_config_error, check_inputs
-from calmrl.rewards.shaping import overlong_penalty
+from calmrl.rewards.shaping import shaped_rewards
 from calmrl.rl import run_dir as runs
 from calmrl.rl.advantages import ADVANTAGES
-from calmrl.rl.batch import Batch, PromptStream, informative_rows, make_batch, regroup
+from calmrl.rl.batch import Batch, PromptStream, make_batch
 from calmrl.rl.checkpoint import (
     list_checkpoints,
-    load_model_weights,
-    load_trainer_state,
+    load_latest_readable,
+    rng_state,
     save_checkpoint,
     save_final,
     set_rng_state,
 )
+from calmrl.rl.collect import Collected, collect_groups
+from calmrl.rl.distributed import close as close_world
+from calmrl.rl.distributed import local_device, reduce_totals, world_from_env
 from calmrl.rl.run_logger import RunConsole, RunLogger
 from calmrl.rl.signals import StopFlag, stop_on_signals
 from calmrl.rl.update import PolicyUpdate
 from calmrl.rl.value_head import ValueHead
 from calmrl.sampling import NonFiniteLogitsError, Rollouts, build_backend
-from calmrl.sampling.metrics import rollout_metrics, throughput
+from calmrl.sampling.metrics import metrics_from_totals, throughput
 from calmrl.sampling.random import derive_seed
 
 
@@ -89,14 +91,21 @@ class Trainer:
         self.verifier, self.method = inputs.verifier, inputs.method
         self.eval_method = inputs.eval_method
         checkpoints = list_checkpoints(self.run_dir) if resume else []  # preflight: >= 1
+        device = local_device(inputs.device)
+        self.world = world_from_env(device, timedelta(seconds=cfg.train.dist_timeout_s))
+        if not self.world.is_main:  # one console line per step, from rank 0
+            self.ui = RunConsole(None, cfg.train.steps)
+        if self.world.size > cfg.rollout.prompts_per_step:
+            raise ValueError(
+                f"rollout.prompts_per_step: {cfg.rollout.prompts_per_step} prompts cannot feed "
+                f"{self.world.size} ranks; use at least one prompt per rank"
+            )
 
         torch.manual_seed(cfg.train.seed)
         if model is None:
-            with self.ui.status(
-                f"loading {cfg.model.name} (a built-in model converts once, ~30 s)"
-            ):
+            with self.ui.status(f"loading {cfg.model.name} (built-ins convert once, ~30 s)"):
                 model, tokenizer = load_model(
-                    cfg.model.name, dtype=getattr(torch, cfg.model.dtype), device=inputs.device
+                    cfg.model.name, dtype=getattr(torch, cfg.model.dtype), device=device
                 )
         self.tokenizer = tokenizer
         if cfg.model.gradient_checkpointing:
@@ -129,8 +138,9 @@ class Trainer:
             self.optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0
         )
         self.update = PolicyUpdate(
-            model, self.optimizer, algo, optim.grad_clip, self.value_head, reference, self._autocast
-        )
+            model, self.optimizer, algo, optim.grad_clip, self.value_head, reference,
+            self._autocast, self.world,
+        )  # fmt: skip
         self.stream = PromptStream(self.train_problems, seed=cfg.train.seed)
         self.step = 0
         self.bad_steps = 0
@@ -138,12 +148,16 @@ class Trainer:
         if resume:
             self._restore(checkpoints)
         # Only now, with every input checked and the model loaded, may an earlier run go.
-        self.previous_run = runs.set_aside_previous_run(self.run_dir) if not resume else None
-        runs.mark_run(self.run_dir)
-        with atomic_open(self.run_dir / "config.yaml") as handle:
-            handle.write(cfg.to_yaml())
+        self.previous_run = None
+        if self.world.is_main:  # rank 0 alone writes the run directory
+            self.previous_run = None if resume else runs.set_aside_previous_run(self.run_dir)
+            runs.mark_run(self.run_dir)
+            with atomic_open(self.run_dir / "config.yaml") as handle:
+                handle.write(cfg.to_yaml())
+        self.world.barrier()
         self.logger = RunLogger(
             self.run_dir,
+            enabled=self.world.is_main,
             resume_step=self.step if resume else None,
             tensorboard=cfg.train.tensorboard,
             wandb_project=cfg.train.wandb_project,
@@ -183,7 +197,7 @@ class Trainer:
             with self.ui.status("evaluating before training"):
                 history["before"] = self.run_eval()
             self.logger.log(0, history["before"].flat_metrics(prefix="eval/"))
-        while self.step < cfg.steps and not stop.signal:
+        while self.step < cfg.steps and not self._stop_signal(stop):
             started = time.perf_counter()
             with self.ui.status(f"step {self.step + 1}/{cfg.steps}: rollouts"):
                 metrics = self.train_step()
@@ -203,31 +217,37 @@ class Trainer:
             # A skipped step checkpoints nothing, so it cannot rotate a good checkpoint out.
             if cfg.save_every and self.step % cfg.save_every == 0 and not metrics.get("nonfinite"):
                 self.save()
-        if stop.signal:
+        if signum := self._stop_signal(stop):
             path = self.save()
             raise TrainingInterrupted(
-                f"interrupted by {stop.name} after step {self.step}; checkpoint {path}; "
-                f"continue with: calmrl train --resume {self.run_dir}",
-                signal=stop.signal,
+                f"interrupted by {signal.Signals(signum).name} after step {self.step}; "
+                f"checkpoint {path}; continue with: calmrl train --resume {self.run_dir}",
+                signal=signum,
             )
         if self.last_eval is not None:
             history["after"] = self.last_eval
         self.save_final()
         return history
 
+    def _stop_signal(self, stop: StopFlag) -> int:
+        """The signal any rank got (all ranks stop after the same step), or 0."""
+        return int(self.world.all_max(torch.tensor(stop.signal)))
+
     def train_step(self) -> dict[str, float]:
         """One RL step; a step whose logits, loss or gradients are not finite is skipped."""
         timings: dict[str, float] = {"time/rollout": 0.0, "time/reward": 0.0}
         try:
             # 1-2. rollout and reward, refilling groups that carry no signal (DAPO)
-            sampled, sampled_rewards, kept, kept_rewards = self.sample_and_score(timings)
-            metrics = rollout_metrics(sampled, sampled_rewards)
+            collected = self.sample_and_score(timings)
+            metrics = metrics_from_totals(collected.totals)
             trained = 0.0
-            if kept is None:
+            if collected.rollouts is None:
                 metrics["skipped_no_signal"] = 1.0
             else:
                 # 3. advantage, pi_old and TIS weights
-                batch = self.make_batch(kept, kept_rewards, metrics)
+                batch = self.make_batch(
+                    collected.rollouts, collected.rewards, metrics, collected.row_keys
+                )
                 metrics = batch.metrics
                 # 4. update, then the backend samples from the new weights
                 self.ui.phase(f"update on {len(batch.rollouts)} rows")
@@ -235,7 +255,7 @@ class Trainer:
                 seed = derive_seed(self.config.train.seed, self.step, "update")
                 metrics.update(self.update(batch, seed=seed))
                 timings["time/update"] = time.perf_counter() - started
-                trained = float(batch.rollouts.response_mask.sum())
+                trained = float(self.world.all_sum(batch.rollouts.response_mask.sum()))
             metrics.update(throughput(metrics["rollout/tokens"], trained, timings))
         except NonFiniteLogitsError:
             metrics = {"nonfinite": 1.0}
@@ -248,72 +268,66 @@ class Trainer:
                 # 5. schedule step (EAD's decay follows self.step, advanced by the caller)
                 self.lr_schedule.step()
                 self.backend.sync_weights(self.model)
+        metrics["dist/world_size"] = float(self.world.size)
         return {**metrics, **timings, "lr": self.lr_schedule.get_last_lr()[0]}
 
-    def sample_and_score(
-        self, timings: dict[str, float]
-    ) -> tuple[Rollouts, torch.Tensor, Rollouts | None, torch.Tensor | None]:
-        """Every sampled rollout with its reward, and the rows kept for training (None if none)."""
+    def sample_and_score(self, timings: dict[str, float]) -> Collected:
+        """This rank's share of the step's groups, sampled and scored (``rl.collect``)."""
         cfg, algo = self.config.rollout, self.config.algorithm
-        kept: list[Rollouts] = []
-        kept_rewards: list[torch.Tensor] = []
-        all_rollouts, all_rewards = [], []
-        for _ in range(1 + (algo.max_refills if algo.dynamic_sampling else 0)):
-            missing = cfg.prompts_per_step - sum(len(r) // cfg.n for r in kept)
-            if missing <= 0:
-                break
-            problems, indices = self.stream.take(missing)
-            started = time.perf_counter()
-            self.model.eval()
-            with self._autocast():
-                rollouts = self.backend.generate(
-                    self.prompts_for(problems),
-                    self.method,
-                    n=cfg.n,
-                    max_new_tokens=cfg.max_new_tokens,
-                    seed=self.config.train.seed,
-                    step=self.step,
-                    prompt_indices=indices,
-                    stop=cfg.stop,
-                )
-            timings["time/rollout"] += time.perf_counter() - started
-            self.ui.phase(f"rewards for {len(rollouts)} rollouts")
-            started = time.perf_counter()
-            rewards = self.score(rollouts, [p.answer for p in problems])
-            timings["time/reward"] += time.perf_counter() - started
-            all_rollouts.append(rollouts)
-            all_rewards.append(rewards)
-            rows = informative_rows(rewards, rollouts.group_index.cpu(), algo.dynamic_sampling)
-            if len(rows):
-                offset = sum(len(r) // cfg.n for r in kept)
-                kept.append(regroup(rollouts.select(rows), offset=offset))
-                kept_rewards.append(rewards[rows])
-        pad = self.tokenizer.pad_token_id
-        sampled = Rollouts.concat(all_rollouts, pad)
-        if not kept:
-            return sampled, torch.cat(all_rewards), None, None
-        rollouts = Rollouts.concat(kept, pad).to(self.device)
-        return sampled, torch.cat(all_rewards), rollouts, torch.cat(kept_rewards).to(self.device)
+        return collect_groups(
+            lambda problems, indices: self._sample_scored(problems, indices, timings),
+            self.stream,
+            self.world,
+            prompts_per_step=cfg.prompts_per_step,
+            n=cfg.n,
+            attempts=1 + (algo.max_refills if algo.dynamic_sampling else 0),
+            dynamic_sampling=algo.dynamic_sampling,
+            pad_token_id=self.tokenizer.pad_token_id,
+            device=self.device,
+        )
+
+    def _sample_scored(
+        self, problems: list[Problem], indices: list[int], timings: dict[str, float]
+    ) -> tuple[Rollouts, torch.Tensor]:
+        cfg = self.config.rollout
+        started = time.perf_counter()
+        self.model.eval()
+        with self._autocast():
+            rollouts = self.backend.generate(
+                self.prompts_for(problems),
+                self.method,
+                n=cfg.n,
+                max_new_tokens=cfg.max_new_tokens,
+                seed=self.config.train.seed,
+                step=self.step,
+                prompt_indices=indices,
+                stop=cfg.stop,
+            )
+        timings["time/rollout"] += time.perf_counter() - started
+        self.ui.phase(f"rewards for {len(rollouts)} rollouts")
+        started = time.perf_counter()
+        rewards = self.score(rollouts, [p.answer for p in problems])
+        timings["time/reward"] += time.perf_counter() - started
+        return rollouts, rewards
 
     def prompts_for(self, problems: list[Problem]) -> list[str]:
         return self.prompt_format.render_all(self.tokenizer, [p.question for p in problems])
 
     def score(self, rollouts: Rollouts, golds: list[str]) -> torch.Tensor:
         """The verifier's reward per row, plus DAPO's overlong shaping when configured."""
-        algo = self.config.algorithm
-        row_golds = [golds[g] for g in rollouts.group_index.tolist()]
-        rewards = torch.tensor(self.reward_fn(rollouts.texts, row_golds), dtype=torch.float32)
-        if algo.overlong_buffer:
-            rewards += overlong_penalty(
-                rollouts.response_lengths.cpu(),
-                max_response_length=self.config.rollout.max_new_tokens,
-                buffer_length=algo.overlong_buffer,
-                penalty_factor=algo.overlong_penalty,
-            )
-        return rewards
+        algo, row_golds = self.config.algorithm, [golds[g] for g in rollouts.group_index.tolist()]
+        return shaped_rewards(
+            self.reward_fn(rollouts.texts, row_golds), rollouts.response_lengths.cpu(),
+            max_response_length=self.config.rollout.max_new_tokens,
+            overlong_buffer=algo.overlong_buffer, penalty_factor=algo.overlong_penalty,
+        )  # fmt: skip
 
     def make_batch(
-        self, rollouts: Rollouts, rewards: torch.Tensor, metrics: dict[str, float]
+        self,
+        rollouts: Rollouts,
+        rewards: torch.Tensor,
+        metrics: dict[str, float],
+        row_keys: torch.Tensor | None = None,
     ) -> Batch:
         algo = self.config.algorithm
         # One no-grad pass over the batch when pi_old is recomputed or GAE needs V_old.
@@ -321,7 +335,10 @@ class Trainer:
         if algo.recompute_old_logprobs or self.value_head is not None:
             forward = self.update.forward_in_chunks(rollouts)
         metrics = {**metrics, "rows_trained": float(len(rollouts))}
-        return make_batch(rollouts, rewards, algo, forward=forward, metrics=metrics)
+        return make_batch(
+            rollouts, rewards, algo, forward=forward, metrics=metrics, row_keys=row_keys,
+            reduce=lambda totals: reduce_totals(self.world, totals),
+        )  # fmt: skip
 
     # -- evaluation, console ----------------------------------------------------------------------
 
@@ -343,9 +360,11 @@ class Trainer:
                 max_new_tokens=cfg.rollout.max_new_tokens,
                 seed=cfg.data.eval_seed,
                 chunk_rows=cfg.rollout.batch_size or 64,
+                world=self.world,
             )
         self.last_eval = result
-        write_json(self.run_dir / "evals" / f"step-{self.step:06d}.json", result.to_dict())
+        if self.world.is_main:
+            write_json(self.run_dir / "evals" / f"step-{self.step:06d}.json", result.to_dict())
         return result
 
     def _autocast(self) -> contextlib.AbstractContextManager:
@@ -367,17 +386,22 @@ class Trainer:
         }
 
     def save(self) -> Path:
-        path = save_checkpoint(
-            self.run_dir, self.step, self.model, self.tokenizer, self.trainer_state(),
-            keep=self.config.train.keep_checkpoints,
-        )  # fmt: skip
-        self._drop_previous_run()
+        """Every rank's RNG goes into rank 0's checkpoint; the others wait until it is there."""
+        state = {**self.trainer_state(), "rng_ranks": self.world.gather(rng_state())}
+        path = self.run_dir / "checkpoints" / f"step-{self.step:06d}"
+        if self.world.is_main:
+            keep = self.config.train.keep_checkpoints
+            save_checkpoint(self.run_dir, self.step, self.model, self.tokenizer, state, keep)
+            self._drop_previous_run()
+        self.world.barrier()
         return path
 
     def save_final(self) -> Path:
-        path = save_final(self.run_dir, self.model, self.tokenizer, self.value_head)
-        self._drop_previous_run()
-        return path
+        if self.world.is_main:
+            save_final(self.run_dir, self.model, self.tokenizer, self.value_head)
+            self._drop_previous_run()
+        self.world.barrier()
+        return self.run_dir / "final"
 
     def _drop_previous_run(self) -> None:
         """The new run has a checkpoint of its own: the run it replaced can go."""
@@ -386,24 +410,9 @@ class Trainer:
             self.previous_run = None
 
     def _restore(self, checkpoints: list[Path]) -> None:
-        """The newest checkpoint that loads; a truncated or corrupt one is skipped with a warning.
-
-        The non-finite streak is not carried over: a resumed run (say, with a lower learning
-        rate) starts counting afresh.
-        """
-        for checkpoint in reversed(checkpoints):
-            try:
-                load_model_weights(checkpoint, self.model, self.device)
-                state = load_trainer_state(checkpoint)
-                break
-            except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, SafetensorError) as e:
-                warnings.warn(
-                    f"--resume: checkpoint {checkpoint} is unreadable ({type(e).__name__}); "
-                    "using the one before it",
-                    stacklevel=2,
-                )
-        else:
-            raise FileNotFoundError(f"--resume: no readable checkpoint under {self.run_dir}")
+        """The non-finite streak is not carried over: a resumed run (say, with a lower
+        learning rate) starts counting afresh."""
+        checkpoint, state = load_latest_readable(checkpoints, self.model, self.device)
         if self.value_head is not None:
             if state.get("value_head") is None:
                 raise ValueError(f"--resume: {checkpoint} has no value head (advantage=gae)")
@@ -411,7 +420,10 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.lr_schedule.load_state_dict(state["lr_schedule"])
         self.step, self.stream.cursor = state["step"], state["cursor"]
-        set_rng_state(state["rng"])
+        per_rank = state.get("rng_ranks") or []
+        set_rng_state(
+            per_rank[self.world.rank] if len(per_rank) == self.world.size else state["rng"]
+        )
 
     @property
     def finished(self) -> bool:
@@ -424,10 +436,12 @@ def run_training(config: Config, *, resume: bool = False, console: Any = None) -
     Resuming a run that already reached ``train.steps`` says so and returns ``{}``.
     """
     trainer = Trainer(config, resume=resume, console=console)
-    if resume and trainer.finished:
+    try:
+        if not (resume and trainer.finished):
+            return trainer.train()
         steps = config.train.steps
-        message = f"{trainer.run_dir}: the run is complete ({trainer.step} of {steps} steps)"
-        trainer.ui.note(message)
+        trainer.ui.note(f"{trainer.run_dir}: the run is complete ({trainer.step} of {steps} steps)")
         trainer.logger.close()
         return {}
-    return trainer.train()
+    finally:
+        close_world(trainer.world)

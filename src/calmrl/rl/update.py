@@ -10,8 +10,8 @@ aggregate exactly: weighted by tokens for ``token-mean``, by rows for the sequen
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
@@ -20,6 +20,7 @@ from transformers import PreTrainedModel
 from calmrl.rl import advantages as adv
 from calmrl.rl import losses
 from calmrl.rl.batch import Batch
+from calmrl.rl.distributed import World
 from calmrl.rl.forward import ResponseForward, response_logprobs
 from calmrl.rl.reductions import aggregate, masked_mean
 from calmrl.rl.value_head import ValueHead
@@ -56,59 +57,103 @@ class PolicyUpdate:
     value_head: ValueHead | None = None
     reference: PreTrainedModel | None = None
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+    world: World = field(default_factory=World)
 
     def __call__(self, batch: Batch, *, seed: int) -> dict[str, float]:
-        """Every optimizer step of one RL step; ``{"nonfinite": 1.0}`` if any went non-finite."""
-        algo = self.settings
+        """Every optimizer step of one RL step; ``{"nonfinite": 1.0}`` if any went non-finite.
+
+        Minibatches are drawn over the rows of all ranks in one canonical order (by row key),
+        so a step is the same for any world size; each rank trains on the rows it owns.
+        """
         self.model.train()
-        rows = len(batch.rollouts)
-        minibatch = algo.minibatch_size or rows
-        order_generator = torch.Generator().manual_seed(seed)
         # Clip-Cov's random pick of tokens; its own stream, so it cannot correlate with the order.
         loss_generator = torch.Generator(device=batch.rollouts.response_ids.device)
         loss_generator.manual_seed(seed ^ 0x5DEECE66D)
         sums: dict[str, float] = {}
         updates = 0
+        for index in self._minibatches(batch, seed):
+            step_metrics = self._optimizer_step(batch, index, loss_generator)
+            if step_metrics.get("nonfinite"):
+                return step_metrics
+            for key, value in step_metrics.items():
+                sums[key] = sums.get(key, 0.0) + value
+            updates += 1
+        return {key: value / updates for key, value in sums.items()}
+
+    def _minibatches(self, batch: Batch, seed: int) -> Iterator[torch.Tensor]:
+        """Local row indices of each optimizer step, in the global order of the rows."""
+        algo = self.settings
+        keys = batch.row_keys.cpu()
+        ordered = torch.cat(self.world.gather(keys)).sort().values  # every rank's rows
+        position = torch.searchsorted(ordered, keys)  # of each local row in that order
+        rows = len(ordered)
+        minibatch = algo.minibatch_size or rows
+        generator = torch.Generator().manual_seed(seed)
         for _ in range(algo.epochs):
             order = (
-                torch.randperm(rows, generator=order_generator)
-                if algo.epochs > 1
-                else torch.arange(rows)
+                torch.randperm(rows, generator=generator) if algo.epochs > 1 else torch.arange(rows)
             )
+            rank_of = torch.full((rows,), -1, dtype=torch.long)
+            rank_of[position] = torch.arange(len(keys))
             for start in range(0, rows, minibatch):
-                step_metrics = self._optimizer_step(
-                    batch, order[start : start + minibatch], loss_generator
-                )
-                if step_metrics.get("nonfinite"):
-                    return step_metrics
-                for key, value in step_metrics.items():
-                    sums[key] = sums.get(key, 0.0) + value
-                updates += 1
-        return {key: value / updates for key, value in sums.items()}
+                members = rank_of[order[start : start + minibatch]]
+                yield members[members >= 0]
 
     def _optimizer_step(
         self, batch: Batch, index: torch.Tensor, generator: torch.Generator
     ) -> dict[str, float]:
+        """One optimizer step over the local rows ``index`` of a (global) minibatch.
+
+        Each micro-batch's loss is weighted by its share of the global minibatch (tokens for
+        ``token-mean``, rows otherwise), so the local gradients add up over ranks to the
+        minibatch's gradient: one all-reduce (sum) of the flattened gradients, then clipping
+        by the global norm (the same on every rank).
+        """
         algo = self.settings
-        total_tokens = float(batch.rollouts.response_mask[index].sum().clamp(min=1))
+        mask = batch.rollouts.response_mask
+        totals = self.world.all_sum(torch.tensor([float(mask[index].sum()), float(len(index))]))
+        total_tokens, total_rows = float(totals[0].clamp(min=1)), float(totals[1].clamp(min=1))
         sums: dict[str, float] = {}
+        finite = True
         self.optimizer.zero_grad(set_to_none=True)
         for start in range(0, len(index), algo.micro_batch_size):
             micro = index[start : start + algo.micro_batch_size]
             loss, metrics = self._micro_loss(batch, micro, generator)
-            tokens = float(batch.rollouts.response_mask[micro].sum())
-            share = tokens / total_tokens if algo.agg == "token-mean" else len(micro) / len(index)
-            if not torch.isfinite(loss):
-                return {"nonfinite": 1.0}
+            tokens = float(mask[micro].sum())
+            share = tokens / total_tokens if algo.agg == "token-mean" else len(micro) / total_rows
+            finite = finite and bool(torch.isfinite(loss))
+            if not finite:
+                break
             (loss * share).backward()
             for key, value in metrics.items():
                 sums[key] = sums.get(key, 0.0) + float(value) * share
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        if self.world.all_max(torch.tensor(float(not finite))).item() != 0.0:
+            return {"nonfinite": 1.0}
+        self._sum_gradients(params)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
         if not torch.isfinite(grad_norm):
             return {"nonfinite": 1.0}
         self.optimizer.step()
-        return {**sums, "grad_norm": float(grad_norm)}
+        names = (
+            sorted(self.world.gather(sorted(sums))[0]) if self.world.distributed else sorted(sums)
+        )
+        reduced = self.world.all_sum(torch.tensor([sums.get(k, 0.0) for k in names]))
+        return {**dict(zip(names, reduced.tolist(), strict=True)), "grad_norm": float(grad_norm)}
+
+    def _sum_gradients(self, params: list[torch.nn.Parameter]) -> None:
+        """Data parallel: one all-reduce of every gradient, flattened into one buffer."""
+        if not self.world.distributed:
+            return
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        grads = [p.grad for p in params]
+        flat = self.world.all_sum(torch.cat([g.reshape(-1) for g in grads]))
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
+            offset += g.numel()
 
     def _micro_loss(
         self, batch: Batch, micro: torch.Tensor, generator: torch.Generator
@@ -177,6 +222,9 @@ class PolicyUpdate:
     @torch.no_grad()
     def forward_in_chunks(self, rollouts: Rollouts) -> ResponseForward:
         """pi_old log-probs (and rollout-time values) of a batch, one micro-batch at a time."""
+        if len(rollouts) == 0:  # a rank that kept no rows this step
+            empty = torch.zeros_like(rollouts.logprobs)
+            return ResponseForward(empty, empty, empty if self.value_head is not None else None)
         size = self.settings.micro_batch_size
         with self.autocast():
             chunks = [

@@ -7,6 +7,7 @@ Token entropy by position band is the "explore early, exploit late" picture of t
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
 
 import torch
@@ -35,30 +36,55 @@ def mean_by_position_band(
     return out
 
 
-def rollout_metrics(rollouts: Rollouts, rewards: torch.Tensor) -> dict[str, float]:
-    """Rewards, lengths, entropies and temperatures of one step's rollouts (every sampled row)."""
+def rollout_totals(rollouts: Rollouts, rewards: torch.Tensor) -> dict[str, float]:
+    """Sums and counts behind ``rollout_metrics``: they add up over ranks (``*_min`` take the
+    minimum), so the metrics of N ranks are those of one process with all the rows."""
     mask = rollouts.response_mask
     on = mask.bool()
-
-    def masked(values: torch.Tensor, reduce: str = "mean") -> float:
-        return float(getattr(values[on].float(), reduce)()) if on.any() else 0.0
-
-    # Accuracy is the share of positive rewards: exact for the 1/0 and +1/-1 schemes; a
-    # format bonus on wrong answers would inflate it (the held-out eval uses the verifier).
-    metrics = {
-        "reward/mean": float(rewards.mean()),
-        "reward/accuracy": float((rewards > 0).float().mean()),
-        "response/length_mean": float(rollouts.response_lengths.float().mean()),
-        "response/clip_ratio": sum(r == "length" for r in rollouts.finish_reasons)
-        / max(1, len(rollouts)),
-        "rollout/entropy_mean": masked(rollouts.entropies),
-        "rollout/temperature_mean": masked(rollouts.temperatures),
-        "rollout/temperature_min": masked(rollouts.temperatures, "min"),
-        "rollout/tokens": float(mask.sum()),
+    temperatures = rollouts.temperatures[on].float()
+    totals = {
+        "rows": float(len(rollouts)),
+        "reward_sum": float(rewards.sum()),
+        # Accuracy is the share of positive rewards: exact for the 1/0 and +1/-1 schemes; a
+        # format bonus on wrong answers would inflate it (the held-out eval uses the verifier).
+        "positive": float((rewards > 0).sum()),
+        "clipped": float(sum(r == "length" for r in rollouts.finish_reasons)),
+        "tokens": float(mask.sum()),
+        "entropy_sum": float(rollouts.entropies[on].float().sum()),
+        "temperature_sum": float(temperatures.sum()),
+        "temperature_min": float(temperatures.min()) if len(temperatures) else math.inf,
     }
-    for band, value in mean_by_position_band(rollouts.entropies, mask).items():
-        metrics[f"entropy_by_position/{band}"] = value
+    positions = torch.arange(mask.shape[1], device=mask.device)
+    edges = [*DEFAULT_BANDS, math.inf]
+    for label, lo, hi in zip(band_labels(), edges[:-1], edges[1:], strict=True):
+        in_band = on & (positions >= lo) & (positions < hi)
+        totals[f"band_tokens/{label}"] = float(in_band.sum())
+        totals[f"band_entropy/{label}"] = float(rollouts.entropies[in_band].float().sum())
+    return totals
+
+
+def metrics_from_totals(totals: dict[str, float]) -> dict[str, float]:
+    rows, tokens = max(totals["rows"], 1.0), totals["tokens"]
+    metrics = {
+        "reward/mean": totals["reward_sum"] / rows,
+        "reward/accuracy": totals["positive"] / rows,
+        "response/length_mean": tokens / rows,
+        "response/clip_ratio": totals["clipped"] / rows,
+        "rollout/entropy_mean": totals["entropy_sum"] / tokens if tokens else 0.0,
+        "rollout/temperature_mean": totals["temperature_sum"] / tokens if tokens else 0.0,
+        "rollout/temperature_min": totals["temperature_min"] if tokens else 0.0,
+        "rollout/tokens": tokens,
+    }
+    for label in band_labels():
+        if totals[f"band_tokens/{label}"]:
+            mean = totals[f"band_entropy/{label}"] / totals[f"band_tokens/{label}"]
+            metrics[f"entropy_by_position/{label}"] = mean
     return metrics
+
+
+def rollout_metrics(rollouts: Rollouts, rewards: torch.Tensor) -> dict[str, float]:
+    """Rewards, lengths, entropies and temperatures of one step's rollouts (every sampled row)."""
+    return metrics_from_totals(rollout_totals(rollouts, rewards))
 
 
 def throughput(sampled_tokens: float, trained_tokens: float, timings: dict[str, float]) -> dict:
