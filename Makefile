@@ -14,7 +14,7 @@ ifneq ($(wildcard ../shared/data),)
 export CALMRL_DATA_DIR ?= $(abspath ../shared/data)
 endif
 
-.PHONY: install demo test test-slow parity lint bench clean
+.PHONY: install demo test test-slow test-dist parity lint bench clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -m slow
+
+# torchrun with 2 processes (gloo on the CPU); each job has its own timeout in the tests.
+test-dist: $(STAMP)
+	timeout 1200 $(PY) -m pytest -m dist -p no:cacheprovider tests/test_distributed.py
 
 # `import verl` pulls in Ray, and core_algos its config layer (omegaconf, tensordict): install
 # exactly the modules that import needs, without their dependency trees (vLLM, CUDA, ...).
