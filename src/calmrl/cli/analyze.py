@@ -7,14 +7,16 @@ from typing import Annotated, Any
 
 import typer
 
-from calmrl.cli.app import UsageError, _progress, app
+from calmrl.cli.app import FewShot, MaxNewTokens, ModelOption, UsageError, _progress, app
 from calmrl.models import DEFAULT_MODEL
 
 
 @app.command()
 def plot(
     runs: Annotated[list[Path], typer.Argument(help="Run directories or eval result JSON files.")],
-    output: Annotated[Path, typer.Option("-o", help="Where to write the PNGs.")] = Path("plots"),
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the PNGs.")] = Path(
+        "plots"
+    ),
 ) -> None:
     """Draw training curves of runs (or pass@k/worst@k/maj@k curves of eval results)."""
     from calmrl.analysis.plots import plot_eval_results, plot_training_runs
@@ -39,21 +41,21 @@ app.add_typer(analyze_app, name="analyze")
 
 @analyze_app.command("layer-entropy")
 def layer_entropy(
-    model: Annotated[str, typer.Option(help="Built-in name, .gguf, HF dir or hub id.")] = (
-        DEFAULT_MODEL
-    ),
-    dataset: Annotated[str, typer.Option(help="Preset, file or built-in task.")] = "arith-add-2",
-    few_shot: Annotated[
-        str | None, typer.Option(help="Built-in task whose 2-shot examples to prepend.")
-    ] = None,
-    limit: Annotated[int, typer.Option(help="Number of problems.")] = 8,
-    n: Annotated[int, typer.Option("-n", help="Samples per problem.")] = 2,
-    max_new_tokens: int = 128,
-    temperature: float = 0.6,
-    seed: int = 0,
-    output: Annotated[Path, typer.Option("-o", help="Output directory.")] = Path(
-        "analysis/layer-entropy"
-    ),
+    model: ModelOption = DEFAULT_MODEL,
+    dataset: Annotated[
+        str, typer.Option("--dataset", help="Preset, file or built-in task.")
+    ] = "arith-add-2",
+    few_shot: FewShot = None,
+    limit: Annotated[int, typer.Option("--limit", help="Number of problems.")] = 8,
+    n: Annotated[int, typer.Option("--samples", "-n", help="Samples per problem.")] = 2,
+    max_new_tokens: MaxNewTokens = 128,
+    temperature: Annotated[
+        float, typer.Option("--temperature", help="Constant sampling temperature.")
+    ] = 0.6,
+    seed: Annotated[int, typer.Option("--seed", help="Sampling and data seed.")] = 0,
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Output directory for the CSV and PNG.")
+    ] = Path("analysis/layer-entropy"),
 ) -> None:
     """Mean entropy of every layer's posterior (logit lens) over generated tokens: CSV + PNG."""
     from calmrl.analysis.layer_entropy import layer_entropy_report
