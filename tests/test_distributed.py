@@ -169,3 +169,22 @@ def test_prompts_fewer_than_ranks_is_one_clear_line(tiny_dir, tmp_path):
     )
     assert done.returncode != 0
     assert "error: rank 0: rollout.prompts_per_step: 1 prompts cannot feed 2 ranks" in done.stderr
+
+
+def test_fsdp2_steps_equal_ddp_steps_and_resume(tiny_dir, tmp_path):
+    """Sharded parameters (``fully_shard`` per layer): the same weights as replicated ones,
+    and a checkpoint that resumes (full state dicts gathered to rank 0)."""
+    ddp, fsdp, split = tmp_path / "ddp", tmp_path / "fsdp", tmp_path / "split"
+    train(2, overrides(tiny_dir, ddp, "train.steps=2"))
+    train(2, overrides(tiny_dir, fsdp, "train.steps=2", "train.parallel=fsdp2"))
+    a, b = final_weights(ddp), final_weights(fsdp)
+    assert a.keys() == b.keys()
+    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert worst <= 1e-5, worst
+    common = ["train.parallel=fsdp2", "train.save_every=1"]
+    train(2, overrides(tiny_dir, split, *common, "train.steps=1"))
+    train(2, ["--resume", str(split), "train.steps=2"])
+    c = final_weights(split)
+    worst = max(float((b[k] - c[k]).abs().max()) for k in b)
+    assert worst <= 1e-6, worst
+    assert [line["step"] for line in metrics(split)] == [1, 2]

@@ -207,9 +207,10 @@ class TrainConfig(_Section):
     """Abort after this many consecutive steps with a non-finite loss or gradient."""
     tensorboard: bool = True
     wandb_project: str | None = None
-    parallel: Literal["ddp"] = "ddp"
-    """Under torchrun (WORLD_SIZE > 1): data parallel with replicated weights and one
-    gradient all-reduce per optimizer step (``docs/distributed.md``); FSDP2 is not offered yet."""
+    parallel: Literal["ddp", "fsdp2"] = "ddp"
+    """Under torchrun (WORLD_SIZE > 1): ``ddp`` replicates the weights (one gradient
+    all-reduce per optimizer step); ``fsdp2`` shards them (``fully_shard`` per layer). Both
+    give the same results as one process (``docs/distributed.md``)."""
     dist_timeout_s: float = Field(600.0, gt=0)
     """A rank that waits this long on the others (one died or hangs) fails with an error."""
 

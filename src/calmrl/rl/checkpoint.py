@@ -14,6 +14,7 @@ import random
 import re
 import shutil
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,12 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
+
+
+def restore_rng(trainer_state: dict[str, Any], rank: int, world_size: int) -> None:
+    """This rank's RNG state from a checkpoint; at another world size, rank 0's."""
+    per_rank = trainer_state.get("rng_ranks") or []
+    set_rng_state(per_rank[rank] if len(per_rank) == world_size else trainer_state["rng"])
 
 
 def save_checkpoint(
@@ -99,33 +106,38 @@ def load_trainer_state(checkpoint: Path) -> dict[str, Any]:
     return torch.load(checkpoint / "trainer_state.pt", weights_only=False)
 
 
-def load_model_weights(checkpoint: Path, model: PreTrainedModel, device: torch.device) -> None:
-    """The checkpoint's weights into ``model`` (full weights, or LoRA adapters only)."""
+def read_weights(checkpoint: Path) -> dict[str, torch.Tensor]:
     weights: dict[str, torch.Tensor] = {}
     for shard in sorted((checkpoint / "model").glob("*.safetensors")):
-        weights.update(load_file(shard, device=str(device)))
+        weights.update(load_file(shard, device="cpu"))
+    return weights
+
+
+def load_model_weights(weights: dict[str, torch.Tensor], model: PreTrainedModel) -> None:
+    """A checkpoint's weights into ``model`` (full weights, or LoRA adapters only)."""
     missing, unexpected = load_weights(model, weights)
     if missing or unexpected:
         raise ValueError(
-            f"--resume: checkpoint {checkpoint} does not match the model "
-            f"(missing {missing[:2]}, unexpected {unexpected[:2]}); resume with the same "
-            "model.name and model.lora_rank"
+            f"--resume: the checkpoint does not match the model (missing {missing[:2]}, "
+            f"unexpected {unexpected[:2]}); resume with the same model.name and model.lora_rank"
         )
 
 
 def load_latest_readable(
-    checkpoints: list[Path], model: PreTrainedModel, device: torch.device
+    checkpoints: list[Path], apply: Callable[[dict[str, torch.Tensor], dict[str, Any]], None]
 ) -> tuple[Path, dict[str, Any]]:
-    """Load the newest checkpoint that reads; a truncated or corrupt one is skipped with a
-    warning (a crash or a full disk while it was written)."""
+    """``apply(weights, trainer_state)`` of the newest checkpoint that reads; a truncated or
+    corrupt one is skipped with a warning (a crash or a full disk while it was written)."""
     for checkpoint in reversed(checkpoints):
         try:
-            load_model_weights(checkpoint, model, device)
-            return checkpoint, load_trainer_state(checkpoint)
+            weights, state = read_weights(checkpoint), load_trainer_state(checkpoint)
         except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, SafetensorError) as e:
             warnings.warn(
                 f"--resume: checkpoint {checkpoint} is unreadable ({type(e).__name__}); "
                 "using the one before it",
                 stacklevel=2,
             )
+            continue
+        apply(weights, state)
+        return checkpoint, state
     raise FileNotFoundError(f"--resume: no readable checkpoint among {len(checkpoints)}")

@@ -34,6 +34,14 @@ class Collected:
     """Global identity of each kept row: stream index * n + sample index."""
 
 
+def placeholder_row(rollouts: Rollouts) -> Rollouts:
+    """One row with an empty response mask: it contributes nothing to any loss or metric,
+    but lets a rank without rows run the forwards that sharded training needs."""
+    row = regroup(rollouts.select([0]), offset=0)
+    row.response_mask = torch.zeros_like(row.response_mask)
+    return row
+
+
 def row_keys(stream_indices: list[int], n: int) -> torch.Tensor:
     index = torch.tensor(stream_indices)
     return index.repeat_interleave(n) * n + torch.arange(n).repeat(len(stream_indices))
@@ -86,7 +94,7 @@ def collect_groups(
     if groups_kept == 0:
         return Collected(totals)
     if not kept:  # other ranks kept rows: train on none here, but join every collective
-        kept = [(every.select([]), torch.empty(0), torch.empty(0, dtype=torch.long))]
+        kept = [(placeholder_row(every), torch.zeros(1), torch.full((1,), -1))]
     return Collected(
         totals,
         Rollouts.concat([r for r, _, _ in kept], pad_token_id).to(device),

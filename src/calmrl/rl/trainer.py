@@ -33,7 +33,7 @@ from calmrl.eval.runner import EvalResult, evaluate
 from calmrl.io import atomic_open, write_json
 from calmrl.models import load_model
 from calmrl.models.compat import enable_checkpointing
-from calmrl.models.lora import with_lora
+from calmrl.models.lora import is_lora, with_lora
 from calmrl.preflight import as_config_error, check_inputs
 from calmrl.rewards.shaping import shaped_rewards
 from calmrl.rl import run_dir as runs
@@ -42,15 +42,16 @@ from calmrl.rl.batch import Batch, PromptStream, make_batch
 from calmrl.rl.checkpoint import (
     list_checkpoints,
     load_latest_readable,
+    restore_rng,
     rng_state,
     save_checkpoint,
     save_final,
-    set_rng_state,
 )
 from calmrl.rl.collect import Collected, collect_groups
 from calmrl.rl.distributed import close as close_world
 from calmrl.rl.distributed import local_device, reduce_totals, world_from_env
 from calmrl.rl.run_logger import RunConsole, RunLogger
+from calmrl.rl.sharding import Sharding
 from calmrl.rl.signals import StopFlag, stop_on_signals
 from calmrl.rl.update import PolicyUpdate
 from calmrl.rl.value_head import ValueHead
@@ -118,8 +119,11 @@ class Trainer:
         needs_values = ADVANTAGES.trait(algo.advantage, "needs_values", False)
         self.value_head = ValueHead.for_model(model) if needs_values else None
         reference = None
-        if algo.kl_coef > 0:
+        if algo.kl_coef > 0:  # a full, frozen copy on every rank (also under FSDP2)
             reference = copy.deepcopy(model).eval().requires_grad_(False)
+        if cfg.train.parallel == "fsdp2" and (self.value_head is not None or is_lora(model)):
+            raise ValueError("train.parallel: fsdp2 supports neither LoRA nor GAE yet; use ddp")
+        self.sharding = Sharding(model, self.world, enabled=cfg.train.parallel == "fsdp2")
         self.backend = build_backend(
             cfg.rollout.backend, model, tokenizer, batch_size=cfg.rollout.batch_size
         )
@@ -139,7 +143,7 @@ class Trainer:
         )
         self.update = PolicyUpdate(
             model, self.optimizer, algo, optim.grad_clip, self.value_head, reference,
-            self._autocast, self.world,
+            self._autocast, self.world, self.sharding,
         )  # fmt: skip
         self.stream = PromptStream(self.train_problems, seed=cfg.train.seed)
         self.step = 0
@@ -186,8 +190,6 @@ class Trainer:
                 runs.restore_previous_run(self.run_dir)
                 self.previous_run = None
             raise
-        finally:
-            self.logger.close()
         return history
 
     def _train(self, stop: StopFlag) -> dict[str, Any]:
@@ -292,7 +294,7 @@ class Trainer:
         cfg = self.config.rollout
         started = time.perf_counter()
         self.model.eval()
-        with self._autocast():
+        with self._autocast(), self.sharding.gathered():
             rollouts = self.backend.generate(
                 self.prompts_for(problems),
                 self.method,
@@ -334,7 +336,8 @@ class Trainer:
         forward = None
         if algo.recompute_old_logprobs or self.value_head is not None:
             forward = self.update.forward_in_chunks(rollouts)
-        metrics = {**metrics, "rows_trained": float(len(rollouts))}
+        rows = float(self.world.all_sum(rollouts.response_mask.any(-1).sum().float()))
+        metrics = {**metrics, "rows_trained": rows}
         return make_batch(
             rollouts, rewards, algo, forward=forward, metrics=metrics, row_keys=row_keys,
             reduce=lambda totals: reduce_totals(self.world, totals),
@@ -345,15 +348,13 @@ class Trainer:
     def run_eval(self) -> EvalResult:
         cfg = self.config
         self.model.eval()
-        with self._autocast():
+        with self._autocast(), self.sharding.gathered():
             result = evaluate(
                 self.backend,
                 self.eval_problems,
                 self.eval_method,
                 prompts=self.prompts_for(self.eval_problems),
-                progress=lambda done, acc: self.ui.phase(
-                    f"{done}/{len(self.eval_problems)} problems, accuracy {acc:.3f}"
-                ),
+                progress=lambda done, acc: self.ui.phase(f"{done} problems, accuracy {acc:.3f}"),
                 verifier=self.verifier,
                 n=cfg.train.eval_n,
                 ks=cfg.train.eval_k,
@@ -380,7 +381,7 @@ class Trainer:
             "step": self.step,
             "cursor": self.stream.cursor,
             "bad_steps": self.bad_steps,
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": self.sharding.optimizer_state(self.optimizer),
             "lr_schedule": self.lr_schedule.state_dict(),
             "value_head": self.value_head.state_dict() if self.value_head is not None else None,
         }
@@ -388,17 +389,21 @@ class Trainer:
     def save(self) -> Path:
         """Every rank's RNG goes into rank 0's checkpoint; the others wait until it is there."""
         state = {**self.trainer_state(), "rng_ranks": self.world.gather(rng_state())}
+        weights = self.sharding.model_state()  # FSDP2: gathered to rank 0
         path = self.run_dir / "checkpoints" / f"step-{self.step:06d}"
         if self.world.is_main:
-            keep = self.config.train.keep_checkpoints
-            save_checkpoint(self.run_dir, self.step, self.model, self.tokenizer, state, keep)
+            keep, model = self.config.train.keep_checkpoints, self.sharding.saveable(weights)
+            save_checkpoint(self.run_dir, self.step, model, self.tokenizer, state, keep)
             self._drop_previous_run()
         self.world.barrier()
         return path
 
     def save_final(self) -> Path:
+        weights = self.sharding.model_state()
         if self.world.is_main:
-            save_final(self.run_dir, self.model, self.tokenizer, self.value_head)
+            save_final(
+                self.run_dir, self.sharding.saveable(weights), self.tokenizer, self.value_head
+            )
             self._drop_previous_run()
         self.world.barrier()
         return self.run_dir / "final"
@@ -412,18 +417,16 @@ class Trainer:
     def _restore(self, checkpoints: list[Path]) -> None:
         """The non-finite streak is not carried over: a resumed run (say, with a lower
         learning rate) starts counting afresh."""
-        checkpoint, state = load_latest_readable(checkpoints, self.model, self.device)
+        checkpoint, state = load_latest_readable(
+            checkpoints, lambda weights, st: self.sharding.load(weights, self.optimizer, st)
+        )
         if self.value_head is not None:
             if state.get("value_head") is None:
                 raise ValueError(f"--resume: {checkpoint} has no value head (advantage=gae)")
             self.value_head.load_state_dict(state["value_head"])
-        self.optimizer.load_state_dict(state["optimizer"])
         self.lr_schedule.load_state_dict(state["lr_schedule"])
         self.step, self.stream.cursor = state["step"], state["cursor"]
-        per_rank = state.get("rng_ranks") or []
-        set_rng_state(
-            per_rank[self.world.rank] if len(per_rank) == self.world.size else state["rng"]
-        )
+        restore_rng(state, self.world.rank, self.world.size)
 
     @property
     def finished(self) -> bool:
@@ -437,11 +440,11 @@ def run_training(config: Config, *, resume: bool = False, console: Any = None) -
     """
     trainer = Trainer(config, resume=resume, console=console)
     try:
-        if not (resume and trainer.finished):
-            return trainer.train()
-        steps = config.train.steps
-        trainer.ui.note(f"{trainer.run_dir}: the run is complete ({trainer.step} of {steps} steps)")
-        trainer.logger.close()
-        return {}
+        if resume and trainer.finished:
+            trainer.ui.note(f"{trainer.run_dir}: the run is complete ({trainer.step} of "
+                            f"{config.train.steps} steps)")  # fmt: skip
+            return {}
+        return trainer.train()
     finally:
+        trainer.logger.close()
         close_world(trainer.world)

@@ -23,6 +23,7 @@ from calmrl.rl.batch import Batch
 from calmrl.rl.distributed import World
 from calmrl.rl.forward import ResponseForward, response_logprobs
 from calmrl.rl.reductions import aggregate, masked_mean
+from calmrl.rl.sharding import Sharding
 from calmrl.rl.value_head import ValueHead
 from calmrl.sampling.rollouts import Rollouts
 
@@ -58,6 +59,11 @@ class PolicyUpdate:
     reference: PreTrainedModel | None = None
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
     world: World = field(default_factory=World)
+    sharding: Sharding | None = None
+
+    def __post_init__(self) -> None:
+        if self.sharding is None:
+            self.sharding = Sharding(self.model, self.world, enabled=False)
 
     def __call__(self, batch: Batch, *, seed: int) -> dict[str, float]:
         """Every optimizer step of one RL step; ``{"nonfinite": 1.0}`` if any went non-finite.
@@ -84,8 +90,9 @@ class PolicyUpdate:
         """Local row indices of each optimizer step, in the global order of the rows."""
         algo = self.settings
         keys = batch.row_keys.cpu()
-        ordered = torch.cat(self.world.gather(keys)).sort().values  # every rank's rows
-        position = torch.searchsorted(ordered, keys)  # of each local row in that order
+        real = (keys >= 0).nonzero().flatten()  # a placeholder row (key -1) trains nothing
+        ordered = torch.cat(self.world.gather(keys[real])).sort().values  # every rank's rows
+        position = torch.searchsorted(ordered, keys[real])  # of each local row in that order
         rows = len(ordered)
         minibatch = algo.minibatch_size or rows
         generator = torch.Generator().manual_seed(seed)
@@ -94,7 +101,7 @@ class PolicyUpdate:
                 torch.randperm(rows, generator=generator) if algo.epochs > 1 else torch.arange(rows)
             )
             rank_of = torch.full((rows,), -1, dtype=torch.long)
-            rank_of[position] = torch.arange(len(keys))
+            rank_of[position] = real
             for start in range(0, rows, minibatch):
                 members = rank_of[order[start : start + minibatch]]
                 yield members[members >= 0]
@@ -116,21 +123,32 @@ class PolicyUpdate:
         sums: dict[str, float] = {}
         finite = True
         self.optimizer.zero_grad(set_to_none=True)
-        for start in range(0, len(index), algo.micro_batch_size):
-            micro = index[start : start + algo.micro_batch_size]
+        micros = [
+            index[i : i + algo.micro_batch_size]
+            for i in range(0, len(index), algo.micro_batch_size)
+        ]
+        count = len(micros)
+        if self.sharding.enabled:  # sharded forwards are collectives: every rank runs as many
+            count = int(self.world.all_max(torch.tensor(float(count))))
+        for i in range(count):
+            # A rank out of rows runs its first row with weight 0 (FSDP2's lock step).
+            micro, weight = (micros[i], 1.0) if i < len(micros) else (torch.zeros(1).long(), 0.0)
+            self.sharding.sync_gradients(i == count - 1)
             loss, metrics = self._micro_loss(batch, micro, generator)
             tokens = float(mask[micro].sum())
             share = tokens / total_tokens if algo.agg == "token-mean" else len(micro) / total_rows
+            share *= weight
+            # A non-finite loss still runs its backward, so every rank joins the same
+            # collectives; the step is then skipped on every rank.
             finite = finite and bool(torch.isfinite(loss))
-            if not finite:
-                break
-            (loss * share).backward()
+            (loss * share * self.sharding.loss_scale).backward()
             for key, value in metrics.items():
                 sums[key] = sums.get(key, 0.0) + float(value) * share
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
         if self.world.all_max(torch.tensor(float(not finite))).item() != 0.0:
             return {"nonfinite": 1.0}
-        self._sum_gradients(params)
+        if not self.sharding.enabled:  # FSDP2 reduce-scattered them in the last backward
+            self._sum_gradients(params)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
         if not torch.isfinite(grad_norm):
             return {"nonfinite": 1.0}
@@ -226,7 +244,7 @@ class PolicyUpdate:
             empty = torch.zeros_like(rollouts.logprobs)
             return ResponseForward(empty, empty, empty if self.value_head is not None else None)
         size = self.settings.micro_batch_size
-        with self.autocast():
+        with self.autocast(), self.sharding.gathered():
             chunks = [
                 response_logprobs(
                     self.model,
