@@ -1,4 +1,4 @@
-"""LED cost relative to plain temperature sampling, in the same engine (DESIGN 3.4, 5).
+"""LED cost relative to plain temperature sampling, in the same engine (docs/algorithms.md).
 
 Both samplers generate the same prompts x n to exactly ``max_new_tokens`` (``ignore_eos``: both
 do the same number of decode steps at the same batch size, whatever they sample). Runs alternate
@@ -59,6 +59,15 @@ def time_run(model, tokenizer, prompts, sampler, args) -> float:
     return elapsed
 
 
+def flop_bound(model, depth: int) -> float:
+    """LED's FLOP lower bound relative to plain decoding: a plain token costs ~2 FLOPs per
+    weight (``2 P``); LED adds ``d - 1`` output projections of ``2 H V`` each."""
+    config = model.config.get_text_config()
+    weights = sum(p.numel() for p in model.parameters() if p.dim() >= 2)
+    extra = (depth - 1) * 2 * config.hidden_size * config.vocab_size
+    return (2 * weights + extra) / (2 * weights)
+
+
 def bench(model, tokenizer, args) -> dict:
     """Median seconds of each sampler over ``args.repeats`` alternating runs."""
     prompts = [PROMPT.format(a=10 + 7 * i, b=31 + 5 * i) for i in range(args.prompts)]
@@ -84,6 +93,8 @@ def bench(model, tokenizer, args) -> dict:
         "plain_tok_s": tokens / plain,
         "led_tok_s": tokens / led,
         "ratio": led / plain,
+        "bound": flop_bound(model, args.depth),
+        "vs_bound": led / plain / flop_bound(model, args.depth),
         "runs": times,
     }
 
@@ -105,9 +116,10 @@ def main() -> None:
     print(f"# LED vs plain sampling, {date.today()}, {platform.processor() or platform.machine()}")
     print(f"torch {torch.__version__}, {args.threads} threads, fp32, {vars(args)}\n")
     print(
-        "| model | layers | vocab | rows | plain s | LED s | plain tok/s | LED tok/s | LED/plain |"
+        "| model | layers | vocab | rows | plain s | LED s | plain tok/s | LED tok/s | LED/plain "
+        "| FLOP bound | LED / (plain x bound) |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name in args.models.split(","):
         model, tokenizer = load(name)
         config = model.config.get_text_config()
@@ -116,7 +128,8 @@ def main() -> None:
             print(
                 f"| {name} | {config.num_hidden_layers} | {config.vocab_size} | "
                 "{rows} | {plain_s:.2f} | {led_s:.2f} | "
-                "{plain_tok_s:.1f} | {led_tok_s:.1f} | {ratio:.2f} |".format(**result),
+                "{plain_tok_s:.1f} | {led_tok_s:.1f} | {ratio:.2f} | {bound:.2f} | "
+                "{vs_bound:.2f} |".format(**result),
                 flush=True,
             )
             runs = {k: [round(t, 2) for t in v] for k, v in result["runs"].items()}

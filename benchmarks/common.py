@@ -91,3 +91,23 @@ def alternate(
 
 def median(values: list[float]) -> float:
     return statistics.median(values)
+
+
+def matmul_gflops(dtype: torch.dtype, size: int = 2048, repeats: int = 3) -> float:
+    """This machine's dense matmul rate in ``dtype`` (GFLOP/s, best of ``repeats``): the
+    ceiling that model throughput is compared with."""
+    a = torch.randn(size, size, dtype=dtype)
+    b = torch.randn(size, size, dtype=dtype)
+    a @ b  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - started)
+    return 2 * size**3 / best / 1e9
+
+
+def decode_flops_per_token(model: Any) -> float:
+    """~2 FLOPs per weight per generated token (the matmuls; attention over the cache adds a
+    little at these lengths): the numerator of the fraction-of-peak figure."""
+    return 2.0 * sum(p.numel() for p in model.parameters() if p.dim() >= 2)

@@ -102,3 +102,18 @@ def test_shipped_recipes_validate():
     assert recipes, "configs/ must ship recipes"
     for recipe in recipes:
         load_config(recipe)
+
+
+def test_auto_autocast_follows_the_hardware(monkeypatch):
+    import torch
+
+    from calmrl.models import compat
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(compat, "cpu_flags", lambda: {"avx2", "avx512f"})
+    assert compat.resolve_autocast("auto", cpu) is None  # no AMX: fp32
+    monkeypatch.setattr(compat, "cpu_flags", lambda: {"avx512f", "amx_bf16", "amx_tile"})
+    assert compat.resolve_autocast("auto", cpu) is torch.bfloat16
+    assert compat.resolve_autocast("bfloat16", cpu) is torch.bfloat16
+    assert compat.resolve_autocast(None, cpu) is None
+    assert load_config(None, ["model.autocast=auto"]).model.autocast == "auto"

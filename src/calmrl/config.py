@@ -41,9 +41,11 @@ class ModelConfig(_Section):
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """Weights' dtype. Keep fp32 (master weights for AdamW) and use ``autocast`` for speed."""
     device: str = "cpu"
-    autocast: Literal["bfloat16"] | None = None
-    """Compute dtype under torch.autocast for rollouts, update and eval (use on GPUs).
-    Off on CPU: bf16 matmuls are ~100x slower than fp32 on AVX2. (fp16 would need loss
+    autocast: Literal["auto", "bfloat16"] | None = None
+    """Compute dtype under torch.autocast for rollouts, update and eval; fp32 master weights
+    either way. ``auto``: bf16 on a bf16 GPU or an AMX-BF16 CPU, fp32 elsewhere (bf16
+    matmuls are ~100x slower than fp32 on AVX2-only CPUs). Default None (fp32) until the
+    effect of bf16 on TIS and the demo is measured on an AMX machine. (fp16 would need loss
     scaling, so it is not offered.)"""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (less memory, ~30% more compute)."""

@@ -61,3 +61,28 @@ def check_device(name: str) -> torch.device:
     elif device.type not in ("cpu", "cuda", "mps"):
         raise ValueError(f"{name}: calmrl runs on cpu, cuda or mps")
     return device
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (``/proc/cpuinfo``; empty where it cannot be read)."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def resolve_autocast(setting: str | None, device: torch.device) -> torch.dtype | None:
+    """The compute dtype of ``model.autocast``: ``auto`` is bf16 where it is fast (a CUDA GPU
+    with bf16, a CPU with AMX-BF16 tiles) and fp32 elsewhere (on AVX2/AVX-512 CPUs without
+    AMX, bf16 matmuls are several to ~100x slower than fp32)."""
+    if setting is None:
+        return None
+    if setting != "auto":
+        return getattr(torch, setting)
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    return torch.bfloat16 if device.type == "cpu" and "amx_bf16" in cpu_flags() else None

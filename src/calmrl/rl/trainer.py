@@ -32,7 +32,7 @@ from calmrl.data import Problem
 from calmrl.eval.runner import EvalResult, evaluate
 from calmrl.io import atomic_open, write_json
 from calmrl.models import load_model
-from calmrl.models.compat import enable_checkpointing
+from calmrl.models.compat import enable_checkpointing, resolve_autocast
 from calmrl.models.lora import is_lora, with_lora
 from calmrl.preflight import as_config_error, check_inputs
 from calmrl.rewards.shaping import shaped_rewards
@@ -369,10 +369,8 @@ class Trainer:
         return result
 
     def _autocast(self) -> contextlib.AbstractContextManager:
-        dtype = self.config.model.autocast
-        if dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=getattr(torch, dtype))
+        dtype = resolve_autocast(self.config.model.autocast, self.device)
+        return torch.autocast(self.device.type, dtype=dtype) if dtype else contextlib.nullcontext()
 
     # -- checkpoints ----------------------------------------------------------------------------
 
