@@ -50,7 +50,7 @@ def main() -> None:
     encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
     eos = tokenizer.eos_token_id
 
-    def engine(schedule):
+    def engine(schedule, preallocate_cache=True):
         def run():
             r = generate(
                 model,
@@ -60,6 +60,7 @@ def main() -> None:
                 max_new_tokens=args.max_new_tokens,
                 seed=0,
                 ignore_eos=args.ignore_eos,
+                preallocate_cache=preallocate_cache,
             )
             return int(r.response_mask.sum())
 
@@ -88,6 +89,7 @@ def main() -> None:
     runs = {
         "engine constant": engine(ConstantSchedule(1.0)),
         "engine EAD": engine(PRESETS["ead-paper"]),
+        "engine constant, HF DynamicCache": engine(ConstantSchedule(1.0), preallocate_cache=False),
         "HF generate": hf_generate,
     }
     engine(ConstantSchedule(1.0))()  # warm-up: allocator, kernels
@@ -117,6 +119,8 @@ def main() -> None:
         f"engine / HF generate tokens/s: {rate['engine constant'] / rate['HF generate']:.2f} "
         "(target >= 2.0)"
     )
+    in_place = rate["engine constant"] / rate["engine constant, HF DynamicCache"]
+    print(f"in-place KV cache / HF DynamicCache in the engine, tokens/s: {in_place:.2f}")
     # The machine's ceiling, measured in the same run: tokens/s as a fraction of it.
     flops = decode_flops_per_token(model)
     for dtype in (torch.float32, torch.bfloat16):

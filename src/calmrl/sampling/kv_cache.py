@@ -1,0 +1,81 @@
+"""A KV cache written in place: one buffer per layer for the whole rollout.
+
+HF's ``DynamicCache`` grows by ``torch.cat`` at every decode step, copying the whole cache
+each time (O(T^2) bytes moved over a rollout; 32% of a SmolLM2 decode step at batch 64 on the
+CPU). Here each full-attention layer allocates ``[batch, heads, prompt + max_new_tokens,
+head_dim]`` once at prefill and writes each step's keys and values into the next slot; the
+model reads a view of the filled part. Sliding-window layers (Gemma 3) keep HF's own layer.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import PreTrainedModel
+from transformers.cache_utils import DynamicCache, DynamicLayer
+
+
+class PreallocatedLayer(DynamicLayer):
+    def __init__(self, capacity: int):
+        super().__init__()
+        self.capacity = capacity
+        self.length = 0
+        self._keys: torch.Tensor | None = None
+        self._values: torch.Tensor | None = None
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: object, **kwargs: object
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        end = self.length + key_states.shape[-2]
+        if self._keys is None or end > self._keys.shape[-2]:
+            self._grow(key_states, value_states, max(end, self.capacity))
+        self._keys[:, :, self.length : end] = key_states
+        self._values[:, :, self.length : end] = value_states
+        self.length = end
+        self._expose()
+        return self.keys, self.values
+
+    def _grow(self, key_states: torch.Tensor, value_states: torch.Tensor, capacity: int) -> None:
+        batch, heads, _, _ = key_states.shape
+        keys = key_states.new_empty(batch, heads, capacity, key_states.shape[-1])
+        values = value_states.new_empty(batch, heads, capacity, value_states.shape[-1])
+        if self._keys is not None:
+            keys[:, :, : self.length] = self._keys[:, :, : self.length]
+            values[:, :, : self.length] = self._values[:, :, : self.length]
+        self._keys, self._values = keys, values
+
+    def _expose(self) -> None:
+        self.keys = self._keys[:, :, : self.length]
+        self.values = self._values[:, :, : self.length]
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        if self.length:
+            self._keys = self._keys.repeat_interleave(repeats, dim=0)
+            self._values = self._values.repeat_interleave(repeats, dim=0)
+            self._expose()
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        """Keep rows ``indices``: only the filled part of their buffers is copied."""
+        if self.length:
+            keys = self._keys.new_empty(len(indices), *self._keys.shape[1:])
+            values = self._values.new_empty(len(indices), *self._values.shape[1:])
+            keys[:, :, : self.length] = self._keys[indices, :, : self.length]
+            values[:, :, : self.length] = self._values[indices, :, : self.length]
+            self._keys, self._values = keys, values
+            self._expose()
+
+
+def preallocated_cache(model: PreTrainedModel, capacity: int) -> DynamicCache | None:
+    """A ``DynamicCache`` whose full-attention layers write in place (None: use the default)."""
+    try:
+        cache = DynamicCache(config=model.config)
+    except (AttributeError, TypeError, ValueError):  # a config this transformers cannot map
+        return None
+    if not cache.layers:
+        return None
+    cache.layers = [
+        PreallocatedLayer(capacity) if type(layer) is DynamicLayer else layer
+        for layer in cache.layers
+    ]
+    return cache
