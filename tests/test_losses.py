@@ -435,3 +435,40 @@ def test_tis_properties(seed: int, cap: float, level: str, mode: str) -> None:
     assert d_on["tis_frac_truncated"].item() == 0.0
     if mask.any():
         assert d_on["tis_ess"].item() == pytest.approx(1.0)
+
+
+# --- forking tokens (top_entropy_quantile) ----------------------------------------------------
+
+
+def test_top_entropy_mask_keeps_exactly_the_top_q_tokens():
+    from calmrl.rl.losses import top_entropy_mask
+
+    entropy = torch.tensor([[0.1, 0.9, 0.5, 0.3], [0.8, 0.2, 0.7, 0.0]])
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])  # 7 tokens; the 0.0 is padding
+    top = top_entropy_mask(entropy, mask, 0.3)  # ceil(0.3 * 7) = 3 tokens: 0.9, 0.8, 0.7
+    assert top.tolist() == [[False, True, False, False], [True, False, True, False]]
+    assert torch.equal(top_entropy_mask(entropy, mask, 1.0), mask.bool())
+    with pytest.raises(ValueError, match="top_entropy_quantile"):
+        top_entropy_mask(entropy, mask, 0.0)
+
+
+def test_the_forking_mask_passes_gradient_only_through_its_tokens():
+    from calmrl.rl.losses import top_entropy_mask
+
+    generator = torch.Generator().manual_seed(0)
+    logprobs = torch.randn(3, 5, generator=generator).requires_grad_()
+    old = logprobs.detach() + 0.05 * torch.randn(3, 5, generator=generator)
+    advantages = torch.randn(3, 5, generator=generator)
+    entropy = torch.rand(3, 5, generator=generator)
+    mask = torch.ones(3, 5)
+    forking = top_entropy_mask(entropy, mask, 0.2)
+    assert int(forking.sum()) == 3
+    loss, _ = policy_loss(logprobs, old, advantages, mask, tis_weights=forking.float())
+    loss.backward()
+    assert torch.all(logprobs.grad[~forking] == 0) and torch.all(logprobs.grad[forking] != 0)
+    # q = 1 is the plain loss.
+    full, _ = policy_loss(
+        logprobs, old, advantages, mask, tis_weights=top_entropy_mask(entropy, mask, 1.0).float()
+    )
+    plain, _ = policy_loss(logprobs, old, advantages, mask)
+    torch.testing.assert_close(full, plain)

@@ -257,6 +257,7 @@ def test_response_logprobs_matches_engine():
         ["rollout.method=led", "rollout.params={depth: 3, top_k: 4, temperature: 0.8}"],
         ["rollout.method=ead-entropy", "rollout.params={entropy_ref: 0.5, d0: 3.0}"],
         ["algorithm.advantage=gae", "algorithm.lam=0.9", "algorithm.gamma=0.99"],
+        ["algorithm.top_entropy_quantile=0.2", "algorithm.entropy_shaping=true"],
     ],
     ids=[
         "entropy-shaping",
@@ -269,6 +270,7 @@ def test_response_logprobs_matches_engine():
         "led-tis",
         "ead-entropy",
         "gae",
+        "forking-tokens",
     ],
 )
 def test_algorithm_variants_run_and_log(tmp_path, extra):

@@ -121,6 +121,9 @@ class AlgorithmConfig(_Section):
     """Cheng et al.: A + min(alpha * H.detach(), |A| / kappa)."""
     shaping_alpha: float = Field(0.4, ge=0)
     shaping_kappa: float = Field(2.0, gt=0)
+    top_entropy_quantile: float = Field(1.0, gt=0, le=1)
+    """Forking tokens (Wang et al. 2025): policy gradient through the top q fraction of the
+    step's response tokens by entropy (the paper: 0.2); 1 = every token."""
     dynamic_sampling: bool = False
     """DAPO: drop groups whose rewards are all equal and refill from new prompts."""
     max_refills: int = Field(2, ge=0)

@@ -17,6 +17,7 @@ from calmrl.data import Problem
 from calmrl.rl.advantages import ADVANTAGES, dapo_group_filter
 from calmrl.rl.forward import ResponseForward
 from calmrl.rl.importance import tis_stats, tis_weights
+from calmrl.rl.losses import top_entropy_mask
 from calmrl.sampling.rollouts import Rollouts
 
 
@@ -61,6 +62,15 @@ class Batch:
     old_values: torch.Tensor | None = None  # [N, T], GAE only
     returns: torch.Tensor | None = None  # [N, T], GAE only
     row_keys: torch.Tensor | None = None  # [N] global identity: stream index * n + sample
+    forking_mask: torch.Tensor | None = None  # [N, T] top-entropy tokens (top_entropy_quantile)
+
+    def loss_weights(self, rows: torch.Tensor) -> torch.Tensor | None:
+        """Per-token weights of the policy loss: TIS weights times the forking-token mask."""
+        weights = self.tis_weights[rows] if self.tis_weights is not None else None
+        if self.forking_mask is not None:
+            forking = self.forking_mask[rows].to(self.advantages.dtype)
+            weights = forking if weights is None else weights * forking
+        return weights
 
 
 class BatchSettings(Protocol):
@@ -72,6 +82,7 @@ class BatchSettings(Protocol):
     tis_level: str
     tis_mode: str
     recompute_old_logprobs: bool
+    top_entropy_quantile: float
 
     def model_dump(self) -> dict[str, Any]: ...
 
@@ -101,13 +112,16 @@ def make_batch(
     metrics: dict[str, float] | None = None,
     row_keys: torch.Tensor | None = None,
     reduce: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None,
+    gather: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> Batch:
     """Advantages, pi_old and TIS weights of scored rollouts.
 
     ``forward`` is a no-grad pass of the current policy over the rollouts, needed when pi_old
     is recomputed or the estimator needs values (GAE); otherwise pi_old is the backend's tau = 1
     log-probs, recorded for free while sampling. ``reduce`` sums the TIS totals over ranks
-    (``{"max": ...}`` by maximum), so the logged statistics are the global ones.
+    (``{"max": ...}`` by maximum), so the logged statistics are the global ones; ``gather``
+    concatenates a tensor over ranks (the forking tokens are ranked over the global batch, by
+    the rollout-time tau = 1 entropy).
     """
     metrics = dict(metrics or {})
     mask = rollouts.response_mask
@@ -143,11 +157,22 @@ def make_batch(
         totals = {k.removeprefix("totals/"): v for k, v in diagnostics.items() if "/" in k}
         stats = tis_stats(reduce(totals) if reduce is not None else totals)
         metrics.update({f"tis/{k.removeprefix('tis_')}": float(v) for k, v in stats.items()})
+    forking = None
+    if settings.top_entropy_quantile < 1.0:
+        entropies = rollouts.entropies[mask.bool()]
+        ranked = gather(entropies) if gather is not None else entropies
+        forking = top_entropy_mask(
+            rollouts.entropies, mask, settings.top_entropy_quantile, values=ranked
+        )
+        metrics["actor/forking_threshold"] = float(
+            rollouts.entropies[forking].min() if forking.any() else 0.0
+        )
     if row_keys is None:
         row_keys = torch.arange(len(rollouts))
     return Batch(
-        rollouts, rewards, advantages, old_logprobs, weights, metrics, values, returns, row_keys
-    )
+        rollouts, rewards, advantages, old_logprobs, weights, metrics, values, returns,
+        row_keys, forking,
+    )  # fmt: skip
 
 
 def critic_metrics(

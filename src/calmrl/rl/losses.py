@@ -18,6 +18,8 @@ costs no device sync until the caller asks for ``.item()``.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from calmrl.rl.reductions import LOG_RATIO_BOUND, aggregate, masked_mean
@@ -340,3 +342,32 @@ def value_loss(
     with torch.no_grad():
         clipfrac = masked_mean((err_clipped > err_unclipped).to(per_token.dtype), mask)
     return loss, {"vf_clipfrac": clipfrac}
+
+
+@torch.no_grad()
+def top_entropy_mask(
+    entropy: torch.Tensor, mask: torch.Tensor, quantile: float, values: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The forking tokens: response tokens whose entropy is among the top ``quantile`` of the
+    batch (Wang et al. 2025, "Beyond the 80/20 Rule": the policy gradient through the top 20%
+    highest-entropy tokens alone matches or beats the full gradient).
+
+    The ``k = ceil(quantile * n)`` highest of the ``n`` response-token entropies set the
+    threshold (ties at it are kept); ``values`` are the entropies to rank when the batch spans
+    several ranks (all of them), else the masked ``entropy``. ``quantile = 1`` keeps every
+    response token. Used as 0/1 weights on the per-token policy loss, beside TIS weights, so
+    the aggregation's denominator stays all response tokens (as TRL's
+    ``top_entropy_quantile``).
+
+    Returns:
+        ``[B, T]`` bool.
+    """
+    if not 0.0 < quantile <= 1.0:
+        raise ValueError(f"top_entropy_quantile must be in (0, 1], got {quantile}")
+    valid = mask.bool()
+    ranked = entropy[valid] if values is None else values
+    if quantile >= 1.0 or ranked.numel() == 0:
+        return valid
+    k = max(1, math.ceil(quantile * ranked.numel()))
+    threshold = ranked.float().topk(k).values.min()
+    return valid & (entropy.float() >= threshold)

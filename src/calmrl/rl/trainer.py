@@ -341,6 +341,7 @@ class Trainer:
         return make_batch(
             rollouts, rewards, algo, forward=forward, metrics=metrics, row_keys=row_keys,
             reduce=lambda totals: reduce_totals(self.world, totals),
+            gather=lambda tensor: torch.cat(self.world.gather(tensor.cpu())).to(tensor.device),
         )  # fmt: skip
 
     # -- evaluation, console ----------------------------------------------------------------------

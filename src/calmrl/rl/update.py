@@ -204,7 +204,7 @@ class PolicyUpdate:
             mask,
             options={**algo.model_dump(), "generator": generator},
             agg=algo.agg,
-            tis_weights=batch.tis_weights[micro] if batch.tis_weights is not None else None,
+            tis_weights=batch.loss_weights(micro),
         )
         metrics = {f"actor/{k}": v for k, v in metrics.items()}
         metrics["actor/pg_loss"] = loss.detach()
