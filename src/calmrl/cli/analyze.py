@@ -84,3 +84,80 @@ def layer_entropy(
     for key, value in summary.items():
         if key != "rows":  # those are in the CSV
             typer.echo(f"{key}: {value}")
+
+
+IS_SCHEDULES = (
+    "T0.6=constant:tau=0.6",
+    "T1.0=constant:tau=1.0",
+    "T1.2=constant:tau=1.2",
+    "ead-paper",
+    "ead-official",
+    "ead-max1.5=ead:tau_max=1.5",
+    "ead-min0.6=ead:tau_min=0.6",
+)
+
+
+@analyze_app.command("is-variance")
+def is_variance_command(
+    model: ModelOption = DEFAULT_MODEL,
+    dataset: Annotated[
+        str, typer.Option("--dataset", help="Preset, file or built-in task.")
+    ] = "arith-add-2",
+    few_shot: FewShot = "arith-add-2",
+    limit: Annotated[int, typer.Option("--limit", help="Number of problems.")] = 8,
+    n: Annotated[int, typer.Option("--samples", "-n", help="Samples per problem.")] = 4,
+    max_new_tokens: MaxNewTokens = 48,
+    schedule: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--schedule",
+            "-m",
+            help="[label=]method[:key=value,...]; repeat (default: a grid of "
+            "constant temperatures and EAD settings).",
+        ),
+    ] = None,
+    cap: Annotated[float, typer.Option("--cap", help="The TIS cap C.")] = 2.0,
+    seed: Annotated[int, typer.Option("--seed", help="Sampling and data seed.")] = 0,
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Output directory for the CSV and PNG.")
+    ] = Path("analysis/is-variance"),
+) -> None:
+    """Importance weights pi/mu against the schedule (EAD appendix B): variance, ESS, share
+    above the TIS cap, token and sequence level: CSV + PNG."""
+    from calmrl.analysis.is_variance import is_variance, plot, write_csv
+    from calmrl.data import load_problems
+    from calmrl.data.prompts import PromptFormat
+    from calmrl.eval.compare import parse_method_specs
+    from calmrl.io import check_writable_dir
+    from calmrl.models import load_model
+    from calmrl.preflight import check_model_source
+    from calmrl.sampling import HFBackend
+
+    specs = parse_method_specs(list(schedule or IS_SCHEDULES))
+    check_writable_dir(output, "--output")
+    check_model_source(model, key="--model")
+    problems = load_problems(dataset, limit=limit, seed=seed)
+    lm, tokenizer = load_model(model)
+    prompts = PromptFormat.build(few_shot=few_shot).render_all(
+        tokenizer, [p.question for p in problems]
+    )
+    with _progress() as bar:
+        task = bar.add_task("schedules", total=len(specs))
+        rows = is_variance(
+            HFBackend(lm, tokenizer), prompts, [(s.label, s.to_method()) for s in specs],
+            n=n, max_new_tokens=max_new_tokens, seed=seed, cap=cap,
+            progress=lambda label: bar.advance(task),
+        )  # fmt: skip
+    output.mkdir(parents=True, exist_ok=True)
+    stem = f"{Path(model).name}_{Path(dataset).stem}"
+    csv_path, png_path = output / f"{stem}.csv", output / f"{stem}.png"
+    write_csv(rows, csv_path)
+    title = f"Importance weights pi/mu: {Path(model).name}, {dataset} ({len(problems)} x {n})"
+    plot(rows, png_path, title=title, cap=cap)
+    typer.echo("| schedule | level | mean T | E[rho] | Var[rho] | ESS/n | > cap |")
+    for r in rows:
+        typer.echo(
+            f"| {r.schedule} | {r.level} | {r.temperature_mean:.2f} | {r.mean:.3f} | "
+            f"{r.variance:.3g} | {r.ess:.3f} | {r.frac_above_cap:.3f} |"
+        )
+    typer.echo(f"wrote {csv_path}, {png_path}")

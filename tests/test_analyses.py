@@ -1,0 +1,56 @@
+"""The papers' analyses on a tiny model: each number equals a direct computation."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from calmrl.analysis.is_variance import importance_weights, is_variance, weight_stats
+from calmrl.sampling import HFBackend, Method
+
+PROMPTS = ["a", "bb", "a third prompt"]
+
+
+@pytest.fixture(scope="module")
+def backend(tiny):
+    return HFBackend(*tiny)
+
+
+def test_weight_stats_equal_their_formulas():
+    rho = torch.tensor([0.5, 1.0, 2.5, 4.0])
+    stats = weight_stats(rho, cap=2.0)
+    mean = sum(rho.tolist()) / 4
+    assert stats["mean"] == pytest.approx(mean)
+    assert stats["variance"] == pytest.approx(sum((r - mean) ** 2 for r in rho.tolist()) / 4)
+    assert stats["ess"] == pytest.approx(
+        sum(rho.tolist()) ** 2 / (4 * sum(r * r for r in rho.tolist()))
+    )
+    assert stats["frac_above_cap"] == pytest.approx(0.5)
+
+
+def test_at_tau_one_every_weight_is_one_and_annealing_spreads_them(backend):
+    ead = {"tau_max": 1.5, "tau_min": 0.3, "d0": 3.0, "warmup_tokens": 0}
+    schedules = [
+        ("T1", Method("constant", {"tau": 1.0})),
+        ("hot", Method("constant", {"tau": 1.5})),
+        ("ead", Method("ead", ead)),
+    ]
+    rows = {
+        (r.schedule, r.level): r
+        for r in is_variance(backend, PROMPTS, schedules, n=4, max_new_tokens=10)
+    }
+    for level in ("token", "sequence"):
+        assert rows["T1", level].mean == pytest.approx(1.0, abs=1e-5)
+        assert rows["T1", level].ess == pytest.approx(1.0, abs=1e-6)
+        assert rows["hot", level].ess < 1.0 and rows["ead", level].ess < 1.0
+    # The sequence weights are the products of the token weights of each row.
+    rollouts = backend.generate(PROMPTS, schedules[2][1], n=4, max_new_tokens=10, seed=0)
+    _, sequence = importance_weights(rollouts)
+    on = rollouts.response_mask.bool()
+    products = [math.prod(token_row) for token_row in (
+        (rollouts.logprobs[i][on[i]] - rollouts.behaviour_logprobs[i][on[i]]).exp().tolist()
+        for i in range(len(rollouts)))]  # fmt: skip
+    assert sequence.tolist() == pytest.approx(products, rel=1e-4)
+    assert rows["ead", "token"].units == int(on.sum())
