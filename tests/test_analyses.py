@@ -54,3 +54,18 @@ def test_at_tau_one_every_weight_is_one_and_annealing_spreads_them(backend):
         for i in range(len(rollouts)))]  # fmt: skip
     assert sequence.tolist() == pytest.approx(products, rel=1e-4)
     assert rows["ead", "token"].units == int(on.sum())
+
+
+def test_entropy_by_position_equals_a_plain_loop(backend):
+    from calmrl.analysis.entropy_position import entropy_by_position
+
+    rollouts = backend.generate(PROMPTS, Method("constant", {"tau": 1.0}), n=3, max_new_tokens=12)
+    curve = entropy_by_position(rollouts)
+    lengths = rollouts.response_lengths.tolist()
+    for t in range(len(curve.mean)):
+        values = [float(rollouts.entropies[i, t]) for i in range(len(rollouts)) if lengths[i] > t]
+        assert curve.count[t] == len(values)
+        assert curve.mean[t] == pytest.approx(sum(values) / len(values), rel=1e-6)
+        assert curve.lo[t] <= curve.mean[t] <= curve.hi[t]
+    summary = curve.summary(threshold=100.0)
+    assert summary["first_below"] == 0 and summary["slope"] is not None
