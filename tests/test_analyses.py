@@ -69,3 +69,28 @@ def test_entropy_by_position_equals_a_plain_loop(backend):
         assert curve.lo[t] <= curve.mean[t] <= curve.hi[t]
     summary = curve.summary(threshold=100.0)
     assert summary["first_below"] == 0 and summary["slope"] is not None
+
+
+def test_token_entropy_groups_equal_a_direct_count(backend, tiny):
+    from calmrl.analysis.token_entropy import class_groups, entropies_by_token, top_tokens
+
+    _, tokenizer = tiny
+    rollouts = backend.generate(PROMPTS, Method("constant", {"tau": 1.0}), n=4, max_new_tokens=12)
+    grouped = entropies_by_token(rollouts, tokenizer)
+    on = rollouts.response_mask.bool()
+    assert sum(len(v) for v in grouped.values()) == int(on.sum())
+    first = rollouts.response_ids[0, 0].item()
+    key = tokenizer.decode([first]).strip().lower()
+    direct = [
+        float(rollouts.entropies[i, t])
+        for i in range(len(rollouts))
+        for t in range(rollouts.response_ids.shape[1])
+        if on[i, t] and tokenizer.decode([int(rollouts.response_ids[i, t])]).strip().lower() == key
+    ]
+    assert sorted(grouped[key]) == pytest.approx(sorted(direct))
+    top = top_tokens(grouped, k=5, min_count=1)
+    assert [g.mean for g in top] == sorted((g.mean for g in top), reverse=True)
+    classes = class_groups({"wait": [1.0, 2.0], "so": [3.0], "x": [0.5, 0.7]})
+    by_name = {g.name: g for g in classes}
+    assert by_name["reflective"].mean == pytest.approx(1.5)
+    assert by_name["pivotal"].count == 1 and by_name["other"].mean == pytest.approx(0.6)
