@@ -94,3 +94,46 @@ def test_token_entropy_groups_equal_a_direct_count(backend, tiny):
     by_name = {g.name: g for g in classes}
     assert by_name["reflective"].mean == pytest.approx(1.5)
     assert by_name["pivotal"].count == 1 and by_name["other"].mean == pytest.approx(0.6)
+
+
+class Recording:
+    """A backend that remembers the prompts it was given."""
+
+    def __init__(self, inner):
+        self.inner, self.prompts = inner, []
+
+    def generate(self, prompts, method, **kwargs):
+        self.prompts.append(list(prompts))
+        return self.inner.generate(prompts, method, **kwargs)
+
+
+class Anything:
+    def verify(self, responses, golds):
+        return [len(r) % 2 == 0 for r in responses]
+
+    def extract(self, response):
+        return str(len(response) % 3)
+
+    def group(self, answers):
+        classes = {a: i for i, a in enumerate(dict.fromkeys(answers))}  # dense, as a verifier's
+        return [classes[a] for a in answers]
+
+
+def test_forking_branches_are_the_references_prefixes(backend, tiny):
+    from calmrl.analysis.forking import fork, prompt_tokens, response_tokens
+    from calmrl.data import Problem
+
+    _, tokenizer = tiny
+    spy = Recording(backend)
+    problems = [Problem(str(i), p, "0", {}) for i, p in enumerate(PROMPTS)]
+    reference, branchings = fork(
+        spy, tokenizer, problems, PROMPTS, Anything(), positions=[0, 3, 100], k=4,
+        method=Method("constant", {"tau": 1.0}), max_new_tokens=8,
+    )  # fmt: skip
+    assert [b.position for b in branchings] == [0, 3, 100]
+    for call, position in zip(spy.prompts[1:], (0, 3, 100), strict=True):
+        for i, prefix in enumerate(call):
+            expected = prompt_tokens(reference, i) + response_tokens(reference, i)[:position]
+            assert prefix == expected
+    for b in branchings:
+        assert all(p.n == 4 for p in b.problems) and "pass@4" in b.metrics and "maj@4" in b.metrics

@@ -297,3 +297,73 @@ def token_entropy_command(
         )
     typer.echo("highest: " + ", ".join(f"{g.name!r} {g.mean:.2f}" for g in top[:10]))
     typer.echo(f"wrote {csv_path}, {png_path}")
+
+
+@analyze_app.command("forking")
+def forking_command(
+    model: ModelOption = DEFAULT_MODEL,
+    dataset: Annotated[
+        str, typer.Option("--dataset", help="Preset, file or built-in task.")
+    ] = "arith-add-2",
+    few_shot: FewShot = "arith-add-2",
+    limit: Annotated[int, typer.Option("--limit", help="Number of problems.")] = 16,
+    k: Annotated[int, typer.Option("--samples", "-k", help="Continuations per branch.")] = 8,
+    positions: Annotated[
+        str, typer.Option("--positions", help="Comma-separated branch positions t.")
+    ] = "0,2,4,8,16",
+    temperature: Annotated[
+        float, typer.Option("--temperature", help="Temperature of the continuations.")
+    ] = 1.0,
+    reference_tau: Annotated[
+        float | None,
+        typer.Option("--reference-tau", help="Sample the references at this tau (default greedy)."),
+    ] = None,
+    max_new_tokens: MaxNewTokens = 48,
+    seed: Annotated[int, typer.Option("--seed", help="Sampling and data seed.")] = 0,
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Output directory for the CSV and PNG.")
+    ] = Path("analysis/forking"),
+) -> None:
+    """Branch a reference response at positions t and complete it k times: pass@k / maj@k of
+    the branches against t, with 95% CIs (EAD Fig. 2): CSV + PNG."""
+    from calmrl.analysis.forking import fork, plot, write_csv
+    from calmrl.data import load_problems
+    from calmrl.data.prompts import PromptFormat
+    from calmrl.io import check_writable_dir
+    from calmrl.models import load_model
+    from calmrl.preflight import check_model_source
+    from calmrl.rewards import MathVerifier
+    from calmrl.sampling import HFBackend, Method
+
+    try:
+        at = sorted({int(p) for p in positions.split(",") if p.strip()})
+    except ValueError:
+        raise UsageError(
+            f"--positions: expected integers such as 0,4,16, got {positions!r}"
+        ) from None
+    if not at or at[0] < 0:
+        raise UsageError("--positions: give positions >= 0")
+    check_writable_dir(output, "--output")
+    check_model_source(model, key="--model")
+    problems = load_problems(dataset, limit=limit, seed=seed)
+    lm, tokenizer = load_model(model)
+    prompts = PromptFormat.build(few_shot=few_shot).render_all(
+        tokenizer, [p.question for p in problems]
+    )
+    with MathVerifier() as verifier, _progress() as bar:
+        task = bar.add_task("branch positions", total=len(at))
+        _, branchings = fork(
+            HFBackend(lm, tokenizer), tokenizer, problems, prompts, verifier, positions=at, k=k,
+            method=Method("constant", {"tau": temperature}), max_new_tokens=max_new_tokens,
+            reference_tau=reference_tau, seed=seed, progress=lambda _: bar.advance(task),
+        )  # fmt: skip
+    output.mkdir(parents=True, exist_ok=True)
+    stem = f"{Path(model).name}_{Path(dataset).stem}"
+    csv_path, png_path = output / f"{stem}.csv", output / f"{stem}.png"
+    write_csv(branchings, csv_path)
+    plot(branchings, png_path, k=k, title=f"Forking: {Path(model).name}, {dataset}, "
+         f"{len(problems)} problems, k={k}, T={temperature}")  # fmt: skip
+    for b in branchings:
+        shown = ", ".join(f"{n} {v['mean']:.3f}" for n, v in b.metrics.items() if "@" in n)
+        typer.echo(f"t={b.position}: {shown}")
+    typer.echo(f"wrote {csv_path}, {png_path}")
