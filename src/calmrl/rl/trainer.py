@@ -112,7 +112,7 @@ class Trainer:
         if algo.kl_coef > 0:
             reference = copy.deepcopy(model).eval().requires_grad_(False)
         self.backend = build_backend(
-            cfg.rollout.backend, model, tokenizer, batch_size=cfg.rollout.batch_size
+            cfg.rollout.backend, model, tokenizer, **cfg.rollout.backend_options()
         )
         for key, method in (("rollout", self.method), ("train.eval", self.eval_method)):
             as_config_error(key, self.backend.check, method)
