@@ -78,10 +78,11 @@ $(VLLM_STAMP): pyproject.toml Makefile
 	$(VLLM_PY) -c "import vllm, transformers, calmrl; print('vllm', vllm.__version__, 'transformers', transformers.__version__)"
 	touch $(VLLM_STAMP)
 
-# The vLLM suite (tests/vllm/, marker vllm) and the core engine tests under vLLM's transformers.
+# The vLLM suite (tests/on_vllm/, marker vllm) and the core engine tests under vLLM's transformers.
 test-vllm: $(VLLM_STAMP)
-	$(VLLM_ENV) timeout 1500 $(VLLM_PY) -m pytest -m vllm -p no:cacheprovider -rs tests/vllm
-	timeout 600 $(VLLM_PY) -m pytest -p no:cacheprovider tests/test_engine.py tests/test_schedules.py
+	$(VLLM_ENV) timeout 1500 $(VLLM_PY) -m pytest -m vllm -p no:cacheprovider -rs tests/on_vllm
+	timeout 600 $(VLLM_PY) -m pytest -p no:cacheprovider tests/test_engine.py tests/test_schedules.py \
+		tests/test_vllm_processor_logic.py
 
 bench-vllm: $(VLLM_STAMP)
 	$(VLLM_ENV) $(VLLM_PY) benchmarks/bench_vllm.py
