@@ -96,3 +96,8 @@ def sampled(output: Any) -> tuple[list[int], torch.Tensor]:
     return ids, torch.tensor(
         [lp[t].logprob for lp, t in zip(completion.logprobs, ids, strict=True)]
     )
+
+
+def half_rewarded(response: str, gold: str) -> float:
+    """About half of random responses score 1, so groups carry a learning signal."""
+    return float(bool(response) and ord(response[0]) % 2 == 0)
