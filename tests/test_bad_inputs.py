@@ -183,6 +183,7 @@ CASES: list[tuple[list[str], str]] = [
     ([T, "rollout.backend=vllm", "rollout.min_p=0.1"], "rollout.min_p"),
     ([T, "rollout.backend=vllm", "rollout.vllm.bogus=1"], "rollout.vllm.bogus"),
     ([T, "rollout.backend=sglang"], "rollout.backend"),
+    ([T, "rollout.backend=vllm", "model.lora_rank=4"], "model.lora_rank: rollout.backend vllm"),
     (["sample", "--prompt", "hi", "--backend", "nope"], "--backend"),
     (["sample", "--prompt", "hi", "--backend", "vllm", "--method", "led"], "--backend vllm"),
     (["sample", "--prompt", "hi", "--vllm", "dtype=float32"], "--vllm"),

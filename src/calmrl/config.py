@@ -267,13 +267,19 @@ class Config(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
 
     @model_validator(mode="after")
-    def _check_eval_backend(self) -> Config:
+    def _check_vllm(self) -> Config:
+        if self.rollout.backend != "vllm":
+            return self
+        if self.model.lora_rank > 0:
+            raise ValueError(
+                "model.lora_rank: rollout.backend vllm syncs full weights, not LoRA adapters; "
+                "use rollout.backend=hf with LoRA"
+            )
         # Evaluation samples through the training backend: its method must run there too.
-        if self.rollout.backend == "vllm":
-            try:
-                vllm_spec.check_method(Method(self.train.eval_method, self.train.eval_params))
-            except ValueError as error:
-                raise ValueError(f"train.eval_{error} (rollout.backend is vllm)") from None
+        try:
+            vllm_spec.check_method(Method(self.train.eval_method, self.train.eval_params))
+        except ValueError as error:
+            raise ValueError(f"train.eval_{error} (rollout.backend is vllm)") from None
         return self
 
     def to_yaml(self) -> str:
