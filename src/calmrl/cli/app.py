@@ -35,6 +35,39 @@ def parse_params(pairs: list[str] | None) -> dict[str, Any]:
     return params
 
 
+def backend_options(
+    backend: str, vllm: list[str] | None, batch_size: int | None, methods: list[Any]
+) -> dict[str, Any]:
+    """``build_backend`` keyword arguments for ``--backend``/``--vllm``, checked (with the
+    methods to sample) before any model loads."""
+    from pydantic import ValidationError
+
+    from calmrl.sampling import backend_names
+
+    if backend not in backend_names():
+        choices = ", ".join(backend_names())
+        raise UsageError(f"--backend: unknown {backend!r}; choose one of: {choices}")
+    if vllm and backend != "vllm":
+        raise UsageError("--vllm: engine settings apply to --backend vllm only")
+    options: dict[str, Any] = {"batch_size": batch_size}
+    if backend == "vllm":
+        from calmrl.config import VLLMConfig
+        from calmrl.integrations.vllm.spec import check_method
+
+        try:
+            options["engine"] = VLLMConfig(**parse_params(vllm)).model_dump()
+        except ValidationError as error:
+            first = error.errors()[0]
+            where = ".".join(str(part) for part in first["loc"])
+            raise UsageError(f"--vllm {where}: {first['msg']}") from None
+        for method in methods:
+            try:
+                check_method(method)
+            except ValueError as error:
+                raise UsageError(f"--method {method.name!r} with --backend vllm: {error}") from None
+    return options
+
+
 def _progress():
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
@@ -69,6 +102,13 @@ FewShot = Annotated[
 ]
 QuestionField = Annotated[
     str | None, typer.Option("--question-field", help="Question field of a data file.")
+]
+BackendOption = Annotated[
+    str, typer.Option("--backend", help="Rollout engine: hf (calmrl's own) or vllm.")
+]
+VLLMOption = Annotated[
+    list[str] | None,
+    typer.Option("--vllm", help="vLLM engine setting key=value (as rollout.vllm); repeat."),
 ]
 AnswerField = Annotated[
     str | None, typer.Option("--answer-field", help="Gold-answer field of a data file.")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Annotated
 
@@ -10,6 +11,7 @@ import typer
 from calmrl.cli.app import (
     METHODS,
     AnswerField,
+    BackendOption,
     FewShot,
     MathSuffix,
     MaxNewTokens,
@@ -20,8 +22,10 @@ from calmrl.cli.app import (
     TopK,
     TopP,
     UsageError,
+    VLLMOption,
     _progress,
     app,
+    backend_options,
 )
 from calmrl.models import DEFAULT_MODEL
 
@@ -68,6 +72,8 @@ def eval_(
     batch_size: Annotated[
         int, typer.Option("--batch-size", help="Rows decoded together (whole problems).")
     ] = 64,
+    rollout_backend: BackendOption = "hf",
+    vllm: VLLMOption = None,
     save_responses: Annotated[
         bool,
         typer.Option("--save-responses", help="Store every response in the JSON (rescoring)."),
@@ -102,12 +108,13 @@ def eval_(
     from calmrl.models import load_model
     from calmrl.preflight import as_config_error, check_model_source
     from calmrl.rewards import get_reward
-    from calmrl.sampling import HFBackend
+    from calmrl.sampling import build_backend
 
     # Everything the user typed is checked before the model loads and before anything is written.
     specs = parse_method_specs(method)
     methods = [s.to_method(top_k=top_k, top_p=top_p, min_p=min_p) for s in specs]
     ks = parse_ks(k, n)
+    options = backend_options(rollout_backend, vllm, batch_size, methods)
     prompt_format = PromptFormat.build(system=system, math_suffix=math_suffix, few_shot=few_shot)
     check_writable_dir(output_dir, "--output-dir")
     check_model_source(model, key="--model")
@@ -125,7 +132,7 @@ def eval_(
     console = Console(stderr=True)
     console.print(f"loading [bold]{model}[/]")
     lm, tokenizer = load_model(model)
-    backend = HFBackend(lm, tokenizer, batch_size=batch_size)
+    backend = build_backend(rollout_backend, lm, tokenizer, **options)
     for spec, sampling in zip(specs, methods, strict=True):
         try:
             backend.check(sampling)
@@ -147,9 +154,14 @@ def eval_(
         "top_p": top_p,
         "min_p": min_p,
         "batch_size": batch_size,
+        "backend": rollout_backend,
     }
     files = []
-    with get_reward("math", number_fallback=number_fallback) as verifier, _progress() as bar:
+    with (
+        contextlib.closing(backend),
+        get_reward("math", number_fallback=number_fallback) as verifier,
+        _progress() as bar,
+    ):
         tasks = {s.label: bar.add_task(s.label, total=len(problems), start=False) for s in specs}
         results = compare_methods(
             backend,

@@ -9,6 +9,7 @@ import typer
 
 from calmrl.cli.app import (
     METHODS,
+    BackendOption,
     FewShot,
     MathSuffix,
     MaxNewTokens,
@@ -19,8 +20,10 @@ from calmrl.cli.app import (
     TopK,
     TopP,
     UsageError,
+    VLLMOption,
     _progress,
     app,
+    backend_options,
     parse_params,
 )
 from calmrl.models import DEFAULT_MODEL
@@ -58,6 +61,8 @@ def sample(
     batch_size: Annotated[
         int, typer.Option("--batch-size", help="Rows decoded together (whole prompts).")
     ] = 16,
+    backend: BackendOption = "hf",
+    vllm: VLLMOption = None,
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Write records to this jsonl file.")
     ] = None,
@@ -76,7 +81,7 @@ def sample(
     from calmrl.io import check_writable_file, write_jsonl
     from calmrl.models import load_model
     from calmrl.preflight import as_config_error, check_model_source
-    from calmrl.sampling import HFBackend, Method
+    from calmrl.sampling import Method, build_backend
 
     if output is not None:
         check_writable_file(output, "--output")
@@ -95,23 +100,27 @@ def sample(
         sampling = Method(method, parse_params(param), top_k=top_k, top_p=top_p, min_p=min_p)
     except ValueError as error:
         raise UsageError(f"--method {method!r}: {error}") from None
+    options = backend_options(backend, vllm, batch_size, [sampling])
     prompt_format = PromptFormat.build(system=system, math_suffix=math_suffix, few_shot=few_shot)
     console = Console(stderr=True)
     console.print(f"loading [bold]{model}[/]")
     lm, tokenizer = load_model(model)
-    backend = HFBackend(lm, tokenizer, batch_size=batch_size)
-    backend.check(sampling)
-    with _progress() as bar:
-        task = bar.add_task(f"sampling ({method})", total=len(questions) * n)
-        rollouts = backend.generate(
-            prompt_format.render_all(tokenizer, questions),
-            sampling,
-            n=n,
-            max_new_tokens=max_new_tokens,
-            seed=seed,
-            step=step,
-            progress=lambda k: bar.advance(task, k),
-        )
+    engine = build_backend(backend, lm, tokenizer, **options)
+    try:
+        engine.check(sampling)
+        with _progress() as bar:
+            task = bar.add_task(f"sampling ({method})", total=len(questions) * n)
+            rollouts = engine.generate(
+                prompt_format.render_all(tokenizer, questions),
+                sampling,
+                n=n,
+                max_new_tokens=max_new_tokens,
+                seed=seed,
+                step=step,
+                progress=lambda k: bar.advance(task, k),
+            )
+    finally:
+        engine.close()
     records = rollouts.to_records(with_tokens=with_tokens)
     for record in records:
         record["prompt"] = questions[record["group"]]

@@ -40,9 +40,14 @@ def tiny_model(
     *,
     num_layers: int = 4,
     hidden_size: int = 64,
+    head_dim: int | None = None,
     seed: int = 0,
 ) -> tuple[PreTrainedModel, AutoTokenizer]:
-    """A randomly initialised decoder (llama, qwen2, qwen3 or gemma3) for tests: built in ~0.1 s."""
+    """A randomly initialised decoder (llama, qwen2, qwen3 or gemma3) for tests: built in ~0.1 s.
+
+    Four query heads of ``head_dim`` (default ``hidden_size // 4``); vLLM's CPU attention needs
+    ``head_dim=64`` (it rejects 16, "Unsupported CPU attention configuration").
+    """
     from transformers import AutoConfig
 
     tokenizer = tiny_tokenizer()
@@ -57,7 +62,7 @@ def tiny_model(
         num_hidden_layers=num_layers,
         num_attention_heads=4,
         num_key_value_heads=2,
-        head_dim=hidden_size // 4,
+        head_dim=head_dim or hidden_size // 4,
         max_position_embeddings=512,
         tie_word_embeddings=arch != "llama",
         pad_token_id=tokenizer.pad_token_id,

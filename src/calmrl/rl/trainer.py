@@ -125,7 +125,7 @@ class Trainer:
             raise ValueError("train.parallel: fsdp2 supports neither LoRA nor GAE yet; use ddp")
         self.sharding = Sharding(model, self.world, enabled=cfg.train.parallel == "fsdp2")
         self.backend = build_backend(
-            cfg.rollout.backend, model, tokenizer, batch_size=cfg.rollout.batch_size
+            cfg.rollout.backend, model, tokenizer, **cfg.rollout.backend_options()
         )
         for key, method in (("rollout", self.method), ("train.eval", self.eval_method)):
             as_config_error(key, self.backend.check, method)

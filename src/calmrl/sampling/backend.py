@@ -3,6 +3,8 @@ demo and the analyses sample only through this protocol, so an engine can be swa
 (``rollout.backend``).
 
 - ``hf`` (``calmrl.sampling.engine.HFBackend``): calmrl's own engine over the trainer's module.
+- ``vllm`` (``calmrl.integrations.vllm``): a colocated vLLM engine with calmrl's schedules as a
+  vLLM logits processor; needs the ``vllm`` extra.
 - further backends register themselves with ``register_backend``; ``build_backend`` imports a
   known plug-in module on first use, so optional engines stay optional imports.
 """
@@ -57,7 +59,8 @@ class RolloutBackend(Protocol):
 BackendFactory = Callable[..., RolloutBackend]
 _FACTORIES: dict[str, BackendFactory] = {}
 # Backends of optional engines: the module registers the name when imported.
-_PLUGINS: dict[str, str] = {}
+# The one sanctioned upward reference (docs/architecture.md): a module path, imported lazily.
+_PLUGINS: dict[str, str] = {"vllm": "calmrl.integrations.vllm"}
 
 
 def register_backend(name: str, factory: BackendFactory) -> None:
