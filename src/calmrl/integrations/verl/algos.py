@@ -168,10 +168,13 @@ def shaped_advantages_like(advantages: torch.Tensor, padded: torch.Tensor) -> to
     """``padded`` ``[B, L]`` in the layout of ``advantages``: dense, or jagged (nested) rows."""
     if not advantages.is_nested:
         return padded
-    offsets = advantages.offsets()
-    lengths = offsets.diff().tolist()
+    lengths = advantages.offsets().diff().tolist()
     values = torch.cat([padded[row, :length] for row, length in enumerate(lengths)])
-    return torch.nested.nested_tensor_from_jagged(values.to(advantages.dtype), offsets=offsets)
+    # A clone keeps the jagged layout's metadata (its cached max length, which TensorDict's
+    # to_padded_tensor reads); a tensor rebuilt from the offsets would lose it.
+    shaped = advantages.detach().clone()
+    shaped.values().copy_(values)
+    return shaped
 
 
 def entropy_shaped_ppo_loss(
