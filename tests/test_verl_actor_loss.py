@@ -147,7 +147,9 @@ def test_entropy_shaped_loss_equals_calmrl(layout: str, mode: str, loss_mode: st
     assert entropy_values.grad is None or entropy_values.grad.abs().max() == 0
     bonus = (shaped - t.advantages)[t.mask].mean()
     assert metrics["actor/calmrl_entropy_bonus"] == pytest.approx(float(bonus), abs=1e-6)
-    print(f"{layout} {mode} {loss_mode} tis={tis}: |loss - calmrl| = {(loss - expected).abs():.3g}")
+    grad_diff = (log_values.grad[slots[t.mask]] - logprobs.grad[t.mask]).abs().max()
+    print(f"{layout} {mode} {loss_mode} tis={tis}: |loss - calmrl| = {(loss - expected).abs():.3g}"
+          f", |gradient - calmrl| = {grad_diff:.3g}")  # fmt: skip
 
 
 def test_entropy_shaping_changes_the_loss_and_zero_alpha_is_ppo_loss():
