@@ -55,7 +55,9 @@ def entropy_shaping_trainer(base: type) -> type:
         self.actor_rollout_wg.set_loss_fn(entropy_shaping_loss_fn(self.config))
 
     name = f"Calmrl{base.__name__}"
-    return type(name, (base,), {"on_init_end": on_init_end, "__module__": __name__})
+    cls = type(name, (base,), {"on_init_end": on_init_end, "__module__": __name__})
+    globals()[name] = cls  # findable by its name, as a class defined in this module would be
+    return cls
 
 
 def register_trainers(v1: ModuleType) -> list[str]:
