@@ -14,7 +14,7 @@ ifneq ($(wildcard ../shared/data),)
 export CALMRL_DATA_DIR ?= $(abspath ../shared/data)
 endif
 
-.PHONY: install demo test test-slow test-dist vllm-venv test-vllm parity lint bench bench-vllm clean
+.PHONY: install demo test test-slow test-dist vllm-venv test-vllm test-verl parity lint bench bench-vllm clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,31 @@ parity: $(STAMP)
 		protobuf jsonschema jsonschema-specifications referencing rpds-py attrs \
 		"tensordict>=0.8,<=0.10,!=0.9.0" pyvers cloudpickle omegaconf codetiming orjson
 	$(PY) -m pytest -m parity -rA tests/test_parity_verl.py
+
+# calmrl's veRL plug-in inside veRL 0.9.1, in its own venv: veRL 0.9.1 needs
+# transformers>=5.5.3,<5.11, which .venv (5.23) cannot hold. tests/requirements-verl-cpu.txt is
+# what `import verl`, core_algos, the loss module, the agent loops and the v1 trainer registry
+# import, installed with --no-deps (veRL's full tree pulls CUDA/vLLM builds); calmrl itself goes
+# in with --no-deps too, plus the few of its dependencies these tests import.
+VERL_VENV ?= .venv-verl
+VERL_PY := $(VERL_VENV)/bin/python
+VERL_PIP := timeout 900 $(VERL_PY) -m pip install -q --disable-pip-version-check
+VERL_STAMP := $(VERL_VENV)/.calmrl-installed
+
+$(VERL_STAMP): pyproject.toml Makefile tests/requirements-verl-cpu.txt
+	test -x $(VERL_PY) || timeout 300 $(PYTHON) -m venv $(VERL_VENV)
+	$(VERL_PIP) "$(TORCH_SPEC)" "transformers>=5.5.3,<5.11,!=5.6.0" "hydra-core==1.3.*" \
+		"pyyaml>=6" "typer>=0.12" "rich>=13" "pytest>=8" "hypothesis>=6"
+	$(VERL_PIP) --no-deps -r tests/requirements-verl-cpu.txt
+	$(VERL_PIP) --no-deps -e .
+	touch $(VERL_STAMP)
+
+# The plug-in's tests (marker verl), then calmrl's core tests on this venv's transformers (5.10).
+test-verl: $(VERL_STAMP)
+	timeout 1200 $(VERL_PY) -m pytest -p no:cacheprovider -m "verl or not (slow or parity or dist)" \
+		tests/test_verl_plugin.py tests/test_verl_actor_loss.py tests/test_verl_agent_loop.py \
+		tests/test_verl_example.py \
+		tests/test_verl_settings.py tests/test_schedules.py tests/test_losses.py tests/test_advantages.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
@@ -96,4 +121,4 @@ bench-vllm: $(VLLM_STAMP)
 	$(VLLM_ENV) $(VLLM_PY) benchmarks/bench_vllm.py
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) build dist *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(VLLM_VENV) $(VERL_VENV) build dist *.egg-info .pytest_cache .ruff_cache
