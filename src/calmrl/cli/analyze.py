@@ -35,6 +35,34 @@ def plot(
         typer.echo(str(path))
 
 
+def _check_outputs(output: Path, models: list[str]) -> None:
+    """Before any model loads: the output directory and every model source."""
+    from calmrl.io import check_writable_dir
+    from calmrl.preflight import check_model_source
+
+    check_writable_dir(output, "--output")
+    for name in models:
+        check_model_source(name, key="--model")
+
+
+def _model_and_prompts(model: str, problems: list, few_shot: str | None) -> tuple[Any, Any, list]:
+    from calmrl.data.prompts import PromptFormat
+    from calmrl.models import load_model
+
+    lm, tokenizer = load_model(model)
+    prompts = PromptFormat.build(few_shot=few_shot).render_all(
+        tokenizer, [p.question for p in problems]
+    )
+    return lm, tokenizer, prompts
+
+
+def _output_paths(output: Path, models: list[str], dataset: str) -> tuple[Path, Path]:
+    """``<output>/<model(s)>_<dataset>.{csv,png}``, the directory created."""
+    output.mkdir(parents=True, exist_ok=True)
+    stem = f"{'+'.join(Path(m).name for m in models)}_{Path(dataset).stem}"
+    return output / f"{stem}.csv", output / f"{stem}.png"
+
+
 analyze_app = typer.Typer(help="Analyses that reproduce the papers' figures.", no_args_is_help=True)
 app.add_typer(analyze_app, name="analyze")
 
@@ -126,21 +154,13 @@ def is_variance_command(
     above the TIS cap, token and sequence level: CSV + PNG."""
     from calmrl.analysis.is_variance import is_variance, plot, write_csv
     from calmrl.data import load_problems
-    from calmrl.data.prompts import PromptFormat
     from calmrl.eval.compare import parse_method_specs
-    from calmrl.io import check_writable_dir
-    from calmrl.models import load_model
-    from calmrl.preflight import check_model_source
     from calmrl.sampling import HFBackend
 
     specs = parse_method_specs(list(schedule or IS_SCHEDULES))
-    check_writable_dir(output, "--output")
-    check_model_source(model, key="--model")
+    _check_outputs(output, [model])
     problems = load_problems(dataset, limit=limit, seed=seed)
-    lm, tokenizer = load_model(model)
-    prompts = PromptFormat.build(few_shot=few_shot).render_all(
-        tokenizer, [p.question for p in problems]
-    )
+    lm, tokenizer, prompts = _model_and_prompts(model, problems, few_shot)
     with _progress() as bar:
         task = bar.add_task("schedules", total=len(specs))
         rows = is_variance(
@@ -148,9 +168,7 @@ def is_variance_command(
             n=n, max_new_tokens=max_new_tokens, seed=seed, cap=cap,
             progress=lambda label: bar.advance(task),
         )  # fmt: skip
-    output.mkdir(parents=True, exist_ok=True)
-    stem = f"{Path(model).name}_{Path(dataset).stem}"
-    csv_path, png_path = output / f"{stem}.csv", output / f"{stem}.png"
+    csv_path, png_path = _output_paths(output, [model], dataset)
     write_csv(rows, csv_path)
     title = f"Importance weights pi/mu: {Path(model).name}, {dataset} ({len(problems)} x {n})"
     plot(rows, png_path, title=title, cap=cap)
@@ -192,34 +210,23 @@ def entropy_position_command(
     --model runs/demo/final)."""
     from calmrl.analysis.entropy_position import entropy_by_position, plot, write_csv
     from calmrl.data import load_problems
-    from calmrl.data.prompts import PromptFormat
-    from calmrl.io import check_writable_dir
-    from calmrl.models import load_model
-    from calmrl.preflight import check_model_source
     from calmrl.sampling import HFBackend, Method
 
     models = list(model or [DEFAULT_MODEL])
-    check_writable_dir(output, "--output")
-    for name in models:
-        check_model_source(name, key="--model")
+    _check_outputs(output, models)
     problems = load_problems(dataset, limit=limit, seed=seed)
     curves = []
     with _progress() as bar:
         task = bar.add_task("models", total=len(models))
         for name in models:
-            lm, tokenizer = load_model(name)
-            prompts = PromptFormat.build(few_shot=few_shot).render_all(
-                tokenizer, [p.question for p in problems]
-            )
+            lm, tokenizer, prompts = _model_and_prompts(name, problems, few_shot)
             rollouts = HFBackend(lm, tokenizer).generate(
                 prompts, Method("constant", {"tau": temperature}), n=n,
                 max_new_tokens=max_new_tokens, seed=seed,
             )  # fmt: skip
             curves.append(entropy_by_position(rollouts, label=name))
             bar.advance(task)
-    output.mkdir(parents=True, exist_ok=True)
-    stem = f"{'+'.join(Path(m).name for m in models)}_{Path(dataset).stem}"
-    csv_path, png_path = output / f"{stem}.csv", output / f"{stem}.png"
+    csv_path, png_path = _output_paths(output, models, dataset)
     write_csv(curves, csv_path)
     plot(curves, png_path, title=f"Entropy by position: {dataset}, T={temperature}, "
          f"{len(problems)} x {n}")  # fmt: skip
@@ -264,19 +271,11 @@ def token_entropy_command(
         write_csv,
     )
     from calmrl.data import load_problems
-    from calmrl.data.prompts import PromptFormat
-    from calmrl.io import check_writable_dir
-    from calmrl.models import load_model
-    from calmrl.preflight import check_model_source
     from calmrl.sampling import HFBackend, Method
 
-    check_writable_dir(output, "--output")
-    check_model_source(model, key="--model")
+    _check_outputs(output, [model])
     problems = load_problems(dataset, limit=limit, seed=seed)
-    lm, tokenizer = load_model(model)
-    prompts = PromptFormat.build(few_shot=few_shot).render_all(
-        tokenizer, [p.question for p in problems]
-    )
+    lm, tokenizer, prompts = _model_and_prompts(model, problems, few_shot)
     with _progress() as bar:
         task = bar.add_task("sampling", total=len(prompts) * n)
         rollouts = HFBackend(lm, tokenizer).generate(
@@ -285,9 +284,7 @@ def token_entropy_command(
         )  # fmt: skip
     grouped = entropies_by_token(rollouts, tokenizer)
     top, classes = top_tokens(grouped, min_count=min_count), class_groups(grouped)
-    output.mkdir(parents=True, exist_ok=True)
-    stem = f"{Path(model).name}_{Path(dataset).stem}"
-    csv_path, png_path = output / f"{stem}.csv", output / f"{stem}.png"
+    csv_path, png_path = _output_paths(output, [model], dataset)
     write_csv(grouped, csv_path)
     plot(top, classes, png_path, title=f"Token entropy: {Path(model).name}, {dataset}")
     for group in classes:
@@ -328,10 +325,6 @@ def forking_command(
     the branches against t, with 95% CIs (EAD Fig. 2): CSV + PNG."""
     from calmrl.analysis.forking import fork, plot, write_csv
     from calmrl.data import load_problems
-    from calmrl.data.prompts import PromptFormat
-    from calmrl.io import check_writable_dir
-    from calmrl.models import load_model
-    from calmrl.preflight import check_model_source
     from calmrl.rewards import MathVerifier
     from calmrl.sampling import HFBackend, Method
 
@@ -343,13 +336,9 @@ def forking_command(
         ) from None
     if not at or at[0] < 0:
         raise UsageError("--positions: give positions >= 0")
-    check_writable_dir(output, "--output")
-    check_model_source(model, key="--model")
+    _check_outputs(output, [model])
     problems = load_problems(dataset, limit=limit, seed=seed)
-    lm, tokenizer = load_model(model)
-    prompts = PromptFormat.build(few_shot=few_shot).render_all(
-        tokenizer, [p.question for p in problems]
-    )
+    lm, tokenizer, prompts = _model_and_prompts(model, problems, few_shot)
     with MathVerifier() as verifier, _progress() as bar:
         task = bar.add_task("branch positions", total=len(at))
         _, branchings = fork(
@@ -357,9 +346,7 @@ def forking_command(
             method=Method("constant", {"tau": temperature}), max_new_tokens=max_new_tokens,
             reference_tau=reference_tau, seed=seed, progress=lambda _: bar.advance(task),
         )  # fmt: skip
-    output.mkdir(parents=True, exist_ok=True)
-    stem = f"{Path(model).name}_{Path(dataset).stem}"
-    csv_path, png_path = output / f"{stem}.csv", output / f"{stem}.png"
+    csv_path, png_path = _output_paths(output, [model], dataset)
     write_csv(branchings, csv_path)
     plot(branchings, png_path, k=k, title=f"Forking: {Path(model).name}, {dataset}, "
          f"{len(problems)} problems, k={k}, T={temperature}")  # fmt: skip
