@@ -66,7 +66,7 @@ def run_training_demo(overrides: list[str] | None = None) -> dict[str, EvalResul
         write_json(plots / f"eval_{label}.json", result.to_dict())
     title = (
         f"held-out {config.data.eval}: {len(before.problems)} problems x n={before.n}, "
-        f"{config.train.eval_method} {config.train.eval_params} (band: 95% bootstrap CI)"
+        f"{config.train.eval_method} {config.train.eval_params}\nband: 95% bootstrap CI"
     )
     files = [plots / "eval_before.json", plots / "eval_after.json"]
     written += plot_eval_results(files, plots, title=title)
