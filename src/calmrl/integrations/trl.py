@@ -72,6 +72,8 @@ def configure_tis(args: GRPOConfig, cap: float) -> None:
     args.vllm_importance_sampling_correction = True
     args.vllm_importance_sampling_mode = "token_truncate"
     args.vllm_importance_sampling_clip_max = float(cap)
+    # TRL's truncate modes also clip from below at clip_min; calmrl's TIS has no lower bound.
+    args.vllm_importance_sampling_clip_min = None
 
 
 def reload_weights(llm: Any, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
