@@ -27,6 +27,14 @@ def ead_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
     shaped: list[tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]] = []
     check = runners.check_request
     shape = CalmrlGRPOTrainer.shape_advantages
+    score = CalmrlGRPOTrainer._generate_and_score_completions
+    batches: list[dict[str, torch.Tensor]] = []
+
+    def spy_score(self: Any, inputs: Any) -> dict[str, Any]:
+        out = score(self, inputs)
+        keys = ("old_per_token_logps", "sampling_per_token_logps", "importance_sampling_ratio")
+        batches.append({k: out[k].detach().clone() for k in (*keys, "completion_mask")})
+        return out
 
     def spy_check(extra_args: Any, **kwargs: Any) -> Any:
         if extra_args and "calmrl" in extra_args:
@@ -41,6 +49,7 @@ def ead_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
 
     runners.check_request = spy_check
     CalmrlGRPOTrainer.shape_advantages = spy_shape  # type: ignore[method-assign]
+    CalmrlGRPOTrainer._generate_and_score_completions = spy_score  # type: ignore[method-assign]
     try:
         trainer = run(
             path,
@@ -57,7 +66,8 @@ def ead_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
     finally:
         runners.check_request = check
         CalmrlGRPOTrainer.shape_advantages = shape  # type: ignore[method-assign]
-    yield {"trainer": trainer, "seen": seen, "shaped": shaped}
+        CalmrlGRPOTrainer._generate_and_score_completions = score  # type: ignore[method-assign]
+    yield {"trainer": trainer, "seen": seen, "shaped": shaped, "batches": batches}
     stop(trainer)
 
 
@@ -72,6 +82,30 @@ def test_tis_ratio_hits_the_cap_and_its_mean_is_well_below_one(ead_run: dict[str
     assert all(m == pytest.approx(CAP) for m in maxima)
     assert all(m < 0.8 for m in means)
     assert trainer.args.vllm_importance_sampling_mode == "token_truncate"
+
+
+def test_trls_correction_equals_calmrls_token_tis(ead_run: dict[str, Any]) -> None:
+    from calmrl.rl.importance import tis_weights
+
+    assert len(ead_run["batches"]) == 3
+    for batch in ead_run["batches"]:
+        mask = batch["completion_mask"]
+        weights, _ = tis_weights(
+            batch["old_per_token_logps"], batch["sampling_per_token_logps"], mask, cap=CAP
+        )
+        trl_weights = batch["importance_sampling_ratio"] * mask
+        torch.testing.assert_close(weights, trl_weights, atol=1e-6, rtol=1e-6)
+    trainer = ead_run["trainer"]
+    from trl_testing import metric
+
+    print(
+        "EAD: calmrl tis_frac_truncated",
+        metric(trainer, "calmrl/tis_frac_truncated"),
+        "tis_ess",
+        metric(trainer, "calmrl/tis_ess"),
+    )
+    assert all(0 < f < 1 for f in metric(trainer, "calmrl/tis_frac_truncated"))
+    assert all(0 < e <= 1 for e in metric(trainer, "calmrl/tis_ess"))
 
 
 def test_the_step_reaches_the_processor(ead_run: dict[str, Any]) -> None:
@@ -103,3 +137,4 @@ def test_schedule_is_logged(ead_run: dict[str, Any]) -> None:
     assert metric(trainer, "calmrl/tau@0") == pytest.approx([1.0] * 3)  # warm-up
     assert metric(trainer, "calmrl/tau@64") == pytest.approx([0.1] * 3)  # the floor
     assert len(metric(trainer, "calmrl/entropy_bonus")) == 3
+    assert len(metric(trainer, "calmrl/entropy_by_position/16-31")) == 3

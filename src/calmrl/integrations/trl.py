@@ -41,7 +41,9 @@ from trl import GRPOConfig, GRPOTrainer
 
 from calmrl.integrations.vllm.spec import KEY, check_method, spec_of
 from calmrl.rl.advantages import entropy_shaped_advantages
+from calmrl.rl.importance import tis_weights
 from calmrl.sampling.methods import Method, make_sampler
+from calmrl.sampling.metrics import mean_by_position_band
 
 __all__ = ["CalmrlGRPOTrainer", "configure_tis", "reload_weights"]
 
@@ -84,13 +86,21 @@ def reload_weights(llm: Any, weights: Iterable[tuple[str, torch.Tensor]]) -> Non
     llm.reset_prefix_cache()
 
 
+def _loss_mask(batch: dict[str, Any]) -> torch.Tensor:
+    """The tokens TRL's loss counts: the completion, less tool output where there is any."""
+    mask = batch["completion_mask"]
+    return mask * batch["tool_mask"] if "tool_mask" in batch else mask
+
+
 class CalmrlGRPOTrainer(GRPOTrainer):
     """``GRPOTrainer`` with calmrl's EAD rollouts, TIS and entropy-shaped advantages.
 
     Args:
-        calmrl_method: a method of calmrl's registry that the vLLM processor hosts
-            (``"ead-paper"``, ``"ead"``, ``"reverse-ead"``, ``"ead-entropy-clock"``, a
-            constant ``"temperature"``), or None for TRL's own sampling.
+        calmrl_method: a method of calmrl's registry that the vLLM processor hosts (the
+            schedules ``"ead-paper"``, ``"ead"``, ``"ead-official"``, ``"reverse-ead"``,
+            ``"constant"``, and ``"ead-entropy"``; not ``"led"``), or None for TRL's own
+            sampling. The logged ``calmrl/tau@<position>`` is the schedule at that position
+            (for ``ead-entropy``: at that value of its clock).
         calmrl_params: that method's parameters (e.g. ``{"tau_max": 1.2, "tau_min": 0.8}``).
         calmrl_tis: the TIS cap (the paper's 2.0), or None to leave TRL's fields as given.
         entropy_shaping: ``(alpha, kappa)`` for entropy-shaped advantages (the paper's GRPO
@@ -142,6 +152,7 @@ class CalmrlGRPOTrainer(GRPOTrainer):
             self.entropy_shaping = None
         self.calmrl_steps: list[int] = []  # the step each generation was asked at
         self.calmrl_weight_sync = "trl"  # "reload_weights" once TRL's own path has failed
+        self.calmrl_tis = calmrl_tis
         self._calmrl_pending: dict[str, Any] | None = None
         super().__init__(*args, **kwargs)
         if self.use_vllm and getattr(self, "vllm_generation", None) is not None:
@@ -170,6 +181,21 @@ class CalmrlGRPOTrainer(GRPOTrainer):
             spec_of(self.calmrl_method or "", self.calmrl_params, step=step).scale
         )
 
+    # ---- TIS diagnostics: calmrl's, on the log-probs TRL's correction used -----------------
+
+    def _generate_and_score_completions(self, inputs: Any) -> dict[str, Any]:
+        output = super()._generate_and_score_completions(inputs)
+        old, behaviour = output.get("old_per_token_logps"), output.get("sampling_per_token_logps")
+        if self.calmrl_tis is not None and old is not None and behaviour is not None:
+            mask = _loss_mask(output)
+            # TRL turns unavailable (NaN) behaviour log-probs into ratio 1; so does this.
+            behaviour = torch.where(torch.isnan(behaviour), old, behaviour)
+            _, stats = tis_weights(old, behaviour, mask, cap=self.calmrl_tis)
+            mode = "train" if self.model.training else "eval"
+            for name in ("tis_frac_truncated", "tis_ess"):
+                self._metrics[mode][f"calmrl/{name}"].append(float(stats[name]))
+        return output
+
     # ---- entropy-shaped advantages, with the differentiated policy's entropy ---------------
 
     def _compute_loss(self, model: Any, inputs: dict[str, Any]) -> torch.Tensor:
@@ -196,9 +222,7 @@ class CalmrlGRPOTrainer(GRPOTrainer):
         advantages and (B, T) entropies; logs the mean bonus."""
         assert self.entropy_shaping is not None
         alpha, kappa = self.entropy_shaping
-        mask = inputs["completion_mask"]
-        if "tool_mask" in inputs:
-            mask = mask * inputs["tool_mask"]
+        mask = _loss_mask(inputs)
         advantages = inputs["advantages"]
         if advantages.dim() == 1:
             advantages = advantages.unsqueeze(1).expand_as(entropies)
@@ -210,6 +234,9 @@ class CalmrlGRPOTrainer(GRPOTrainer):
         bonus = ((shaped - advantages) * mask).sum() / tokens
         self._metrics[mode]["calmrl/entropy_bonus"].append(float(bonus))
         self._metrics[mode]["calmrl/entropy"].append(float((entropies * mask).sum() / tokens))
+        # The EAD paper's picture (its Figure 1): entropy early vs late in the response.
+        for band, value in mean_by_position_band(entropies.detach(), mask).items():
+            self._metrics[mode][f"calmrl/entropy_by_position/{band}"].append(value)
         return shaped
 
     # ---- weight sync on vLLM builds without model_runner.model.load_weights ----------------
