@@ -11,6 +11,7 @@ depend on the rank that drew it (``calmrl.sampling.random``).
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import math
 import os
@@ -94,9 +95,15 @@ def local_device(device: torch.device) -> torch.device:
     return device
 
 
-def close(world: World) -> None:
-    """Tear the process group down before exit (gloo can abort at interpreter exit otherwise)."""
+def close(world: World, *, wait: bool = True) -> None:
+    """Tear the process group down before exit (gloo can abort at interpreter exit otherwise).
+
+    ``wait``: first let every rank get here, so no collective of another rank is still in
+    flight; a rank leaving on an error does not wait (its peers may never arrive)."""
     if world.distributed and dist.is_initialized():
+        if wait:
+            with contextlib.suppress(RuntimeError):  # a peer already gone: nothing to wait for
+                dist.barrier()
         dist.destroy_process_group()
 
 

@@ -13,6 +13,11 @@ from typing import Any
 
 from calmrl.io import atomic_open
 
+TENSORBOARD_MISSING = (
+    "note: tensorboard is not installed, so no TensorBoard events (pip install tensorboard, "
+    "or train.tensorboard=false); metrics.jsonl has every metric"
+)
+
 
 class RunLogger:
     """Appends ``metrics.jsonl``; on resume, drops lines past the checkpoint's step."""

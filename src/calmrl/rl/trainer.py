@@ -50,7 +50,7 @@ from calmrl.rl.checkpoint import (
 from calmrl.rl.collect import Collected, collect_groups
 from calmrl.rl.distributed import close as close_world
 from calmrl.rl.distributed import local_device, reduce_totals, world_from_env
-from calmrl.rl.run_logger import RunConsole, RunLogger
+from calmrl.rl.run_logger import TENSORBOARD_MISSING, RunConsole, RunLogger
 from calmrl.rl.sharding import Sharding
 from calmrl.rl.signals import StopFlag, stop_on_signals
 from calmrl.rl.update import PolicyUpdate
@@ -168,10 +168,7 @@ class Trainer:
             config=cfg.model_dump(mode="json"),
         )
         if self.logger.tensorboard_missing:
-            self.ui.note(
-                "note: tensorboard is not installed, so no TensorBoard events (pip install "
-                "tensorboard, or train.tensorboard=false); metrics.jsonl has every metric"
-            )
+            self.ui.note(TENSORBOARD_MISSING)
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -344,8 +341,6 @@ class Trainer:
             gather=lambda tensor: torch.cat(self.world.gather(tensor.cpu())).to(tensor.device),
         )  # fmt: skip
 
-    # -- evaluation, console ----------------------------------------------------------------------
-
     def run_eval(self) -> EvalResult:
         cfg = self.config
         self.model.eval()
@@ -438,12 +433,16 @@ def run_training(config: Config, *, resume: bool = False, console: Any = None) -
     Resuming a run that already reached ``train.steps`` says so and returns ``{}``.
     """
     trainer = Trainer(config, resume=resume, console=console)
+    completed = False
     try:
         if resume and trainer.finished:
             trainer.ui.note(f"{trainer.run_dir}: the run is complete ({trainer.step} of "
                             f"{config.train.steps} steps)")  # fmt: skip
-            return {}
-        return trainer.train()
+            history: dict[str, Any] = {}
+        else:
+            history = trainer.train()
+        completed = True
+        return history
     finally:
         trainer.logger.close()
-        close_world(trainer.world)
+        close_world(trainer.world, wait=completed)
