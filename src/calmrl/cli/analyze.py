@@ -56,10 +56,10 @@ def _model_and_prompts(model: str, problems: list, few_shot: str | None) -> tupl
     return lm, tokenizer, prompts
 
 
-def _output_paths(output: Path, models: list[str], dataset: str) -> tuple[Path, Path]:
-    """``<output>/<model(s)>_<dataset>.{csv,png}``, the directory created."""
+def _output_paths(output: Path, kind: str, models: list[str], dataset: str) -> tuple[Path, Path]:
+    """``<output>/<analysis>_<model(s)>_<dataset>.{csv,png}``, the directory created."""
     output.mkdir(parents=True, exist_ok=True)
-    stem = f"{'+'.join(Path(m).name for m in models)}_{Path(dataset).stem}"
+    stem = f"{kind}_{'+'.join(Path(m).name for m in models)}_{Path(dataset).stem}"
     return output / f"{stem}.csv", output / f"{stem}.png"
 
 
@@ -168,7 +168,7 @@ def is_variance_command(
             n=n, max_new_tokens=max_new_tokens, seed=seed, cap=cap,
             progress=lambda label: bar.advance(task),
         )  # fmt: skip
-    csv_path, png_path = _output_paths(output, [model], dataset)
+    csv_path, png_path = _output_paths(output, "is-variance", [model], dataset)
     write_csv(rows, csv_path)
     title = f"Importance weights pi/mu: {Path(model).name}, {dataset} ({len(problems)} x {n})"
     plot(rows, png_path, title=title, cap=cap)
@@ -226,7 +226,7 @@ def entropy_position_command(
             )  # fmt: skip
             curves.append(entropy_by_position(rollouts, label=name))
             bar.advance(task)
-    csv_path, png_path = _output_paths(output, models, dataset)
+    csv_path, png_path = _output_paths(output, "entropy-position", models, dataset)
     write_csv(curves, csv_path)
     plot(curves, png_path, title=f"Entropy by position: {dataset}, T={temperature}, "
          f"{len(problems)} x {n}")  # fmt: skip
@@ -284,7 +284,7 @@ def token_entropy_command(
         )  # fmt: skip
     grouped = entropies_by_token(rollouts, tokenizer)
     top, classes = top_tokens(grouped, min_count=min_count), class_groups(grouped)
-    csv_path, png_path = _output_paths(output, [model], dataset)
+    csv_path, png_path = _output_paths(output, "token-entropy", [model], dataset)
     write_csv(grouped, csv_path)
     plot(top, classes, png_path, title=f"Token entropy: {Path(model).name}, {dataset}")
     for group in classes:
@@ -346,7 +346,7 @@ def forking_command(
             method=Method("constant", {"tau": temperature}), max_new_tokens=max_new_tokens,
             reference_tau=reference_tau, seed=seed, progress=lambda _: bar.advance(task),
         )  # fmt: skip
-    csv_path, png_path = _output_paths(output, [model], dataset)
+    csv_path, png_path = _output_paths(output, "forking", [model], dataset)
     write_csv(branchings, csv_path)
     plot(branchings, png_path, k=k, title=f"Forking: {Path(model).name}, {dataset}, "
          f"{len(problems)} problems, k={k}, T={temperature}")  # fmt: skip
