@@ -15,8 +15,9 @@ top-p 0.95), seeds and token budget go to both, every row runs to ``max_new_toke
   forward for pi_old and the entropies);
 - peak RSS (VmHWM) of the worker process and its RSS after warm-up.
 
-Then one RL step (``calmrl train``, ``rollout.backend`` vllm vs hf, ``--steps`` steps in a
-fresh worker each): median time per step, rollout and update, after the first step.
+Then RL steps of calmrl's ``Trainer`` with ``rollout.backend`` vllm and hf, one worker each,
+their steps alternating: median time per step, rollout and update, after the first step.
+``--only sampling`` / ``--only rl`` runs one part.
 """
 
 from __future__ import annotations
@@ -119,12 +120,11 @@ def worker(args: argparse.Namespace, backend_name: str, pipe: Any) -> None:
 
 
 def train_worker(args: argparse.Namespace, backend_name: str, pipe: Any) -> None:
-    import json
-
+    """A trainer that takes one RL step per request, so the driver can alternate backends."""
     import torch
 
     from calmrl.config import load_config
-    from calmrl.rl.trainer import run_training
+    from calmrl.rl.trainer import Trainer
 
     torch.set_num_threads(args.threads)
     out = tempfile.mkdtemp(prefix=f"bench-vllm-{backend_name}-")
@@ -137,10 +137,16 @@ def train_worker(args: argparse.Namespace, backend_name: str, pipe: Any) -> None
         "data.train=gsm8k", "data.eval=null", f"train.steps={args.steps}", "train.eval_every=0",
         "train.tensorboard=false", "algorithm.micro_batch_size=8",
     ])  # fmt: skip
-    run_training(cfg)
-    with open(f"{out}/run/metrics.jsonl") as handle:
-        metrics = [json.loads(line) for line in handle]
-    pipe.send([m for m in metrics if "time/step" in m])
+    trainer = Trainer(cfg)
+    torch.set_num_threads(args.threads)
+    pipe.send("ready")
+    while pipe.recv() is not None:
+        started = time.perf_counter()
+        metrics = trainer.train_step()  # the loop of Trainer._train, without eval and saving
+        trainer.step += 1
+        metrics["time/step"] = time.perf_counter() - started
+        pipe.send(metrics)
+    trainer.backend.close()
 
 
 def _start(target: Any, args: argparse.Namespace, name: str) -> tuple[Any, Any]:
@@ -150,21 +156,7 @@ def _start(target: Any, args: argparse.Namespace, name: str) -> tuple[Any, Any]:
     return process, ours
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--model", default="smollm2-135m-instruct")
-    parser.add_argument("--prompts", type=int, default=8)
-    parser.add_argument("--n", type=int, default=2)
-    parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=os.cpu_count())
-    parser.add_argument("--steps", type=int, default=3)
-    args = parser.parse_args()
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))  # vLLM reads it for its threads
-
-    print(f"date: {today()}\nmachine: {machine()}\nCPU flags: {cpu_flags()}")
-    print(f"load before: {os.getloadavg()[0]:.2f} (1-min average)")
+def sampling_part(args: argparse.Namespace) -> None:
     workers, info = {}, {}
     for name in ("vllm", "hf"):  # one at a time: loading and warm-up do not overlap
         workers[name] = _start(worker, args, name)
@@ -198,22 +190,53 @@ def main() -> None:
     spread = {k: f"{min(v):.2f}-{max(v):.2f}" for k, v in times.items()}
     print(f"min-max wall s per run: {spread}")
 
-    print(
-        f"\nRL step: calmrl train, {args.steps} steps, rollout.n={args.n * 2}, "
-        f"prompts_per_step={args.prompts // 2}, gsm8k; medians over steps 2..{args.steps}"
-    )
-    print(
-        "| rollout.backend | s/step | s rollout | s update | rollout tokens |\n"
-        "|---|---|---|---|---|"
-    )
+
+def rl_part(args: argparse.Namespace) -> None:
+    print(f"\nRL step: calmrl's Trainer, rollout.n={args.n * 2}, "
+          f"prompts_per_step={args.prompts // 2}, gsm8k, up to {args.max_new_tokens} tokens; "
+          f"{args.steps} steps alternating vllm, hf, ...; "
+          f"medians over steps 2..{args.steps}")  # fmt: skip
+    trainers = {}
     for name in ("vllm", "hf"):
-        process, pipe = _start(train_worker, args, name)
-        steps = pipe.recv()[1:]
+        trainers[name] = _start(train_worker, args, name)
+        assert trainers[name][1].recv() == "ready"
+    steps: dict[str, list[dict[str, float]]] = {name: [] for name in trainers}
+    for _ in range(args.steps):
+        for name, (_, pipe) in trainers.items():
+            pipe.send("step")
+            steps[name].append(pipe.recv())
+    for process, pipe in trainers.values():
+        pipe.send(None)
         process.join(timeout=120)
-        med = {k: statistics.median(m[k] for m in steps)
-               for k in ("time/step", "time/rollout", "time/update", "rollout/tokens")}  # fmt: skip
+    print("| rollout.backend | s/step | s rollout | s update | rollout tokens |\n"
+          "|---|---|---|---|---|")  # fmt: skip
+    keys = ("time/step", "time/rollout", "time/update", "rollout/tokens")
+    for name, history in steps.items():
+        med = {k: statistics.median(m.get(k, float("nan")) for m in history[1:]) for k in keys}
         print(f"| {name} | {med['time/step']:.2f} | {med['time/rollout']:.2f} | "
               f"{med['time/update']:.2f} | {med['rollout/tokens']:.0f} |")  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--prompts", type=int, default=8)
+    parser.add_argument("--n", type=int, default=2)
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--only", choices=("sampling", "rl"), default=None)
+    args = parser.parse_args()
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))  # vLLM reads it for its threads
+
+    print(f"date: {today()}\nmachine: {machine()}\nCPU flags: {cpu_flags()}")
+    print(f"load before: {os.getloadavg()[0]:.2f} (1-min average)")
+    if args.only in (None, "sampling"):
+        sampling_part(args)
+    if args.only in (None, "rl"):
+        rl_part(args)
     print(f"load after: {os.getloadavg()[0]:.2f} (1-min average)")
 
 

@@ -23,6 +23,7 @@ import gc
 import os
 import shutil
 import tempfile
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -89,6 +90,9 @@ class VLLMBackend:
             ) from None
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
         self._dir = tempfile.mkdtemp(prefix="calmrl-vllm-")
+        # The copy of the weights the engine started from goes with the backend, or at exit
+        # (the trainer does not close its backend).
+        self._remove_dir = weakref.finalize(self, shutil.rmtree, self._dir, ignore_errors=True)
         try:
             model.save_pretrained(self._dir, safe_serialization=True)
             tokenizer.save_pretrained(self._dir)
@@ -99,7 +103,7 @@ class VLLMBackend:
                 kwargs["dtype"] = str(next(model.parameters()).dtype).removeprefix("torch.")
             self.llm = LLM(model=self._dir, tokenizer=self._dir, **kwargs)
         except BaseException:
-            shutil.rmtree(self._dir, ignore_errors=True)
+            self._remove_dir()
             raise
         self._synced = _fingerprint(model)
 
@@ -171,7 +175,7 @@ class VLLMBackend:
                 core.shutdown()
             del llm
             gc.collect()
-        shutil.rmtree(self._dir, ignore_errors=True)
+        self._remove_dir()
 
     # ---- helpers ---------------------------------------------------------------------------
 
