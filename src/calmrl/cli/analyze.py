@@ -10,6 +10,18 @@ import typer
 from calmrl.cli.app import FewShot, MaxNewTokens, ModelOption, UsageError, _progress, app
 from calmrl.models import DEFAULT_MODEL
 
+# The options every analysis shares, defined once.
+DatasetOption = Annotated[str, typer.Option("--dataset", help="Preset, file or built-in task.")]
+LimitOption = Annotated[int, typer.Option("--limit", help="Number of problems.")]
+SamplesOption = Annotated[int, typer.Option("--samples", "-n", help="Samples per problem.")]
+TemperatureOption = Annotated[
+    float, typer.Option("--temperature", help="Constant sampling temperature.")
+]
+SeedOption = Annotated[int, typer.Option("--seed", help="Sampling and data seed.")]
+OutputDir = Annotated[
+    Path, typer.Option("--output", "-o", help="Output directory for the CSV and PNG.")
+]
+
 
 @app.command()
 def plot(
@@ -70,20 +82,14 @@ app.add_typer(analyze_app, name="analyze")
 @analyze_app.command("layer-entropy")
 def layer_entropy(
     model: ModelOption = DEFAULT_MODEL,
-    dataset: Annotated[
-        str, typer.Option("--dataset", help="Preset, file or built-in task.")
-    ] = "arith-add-2",
+    dataset: DatasetOption = "arith-add-2",
     few_shot: FewShot = None,
-    limit: Annotated[int, typer.Option("--limit", help="Number of problems.")] = 8,
-    n: Annotated[int, typer.Option("--samples", "-n", help="Samples per problem.")] = 2,
+    limit: LimitOption = 8,
+    n: SamplesOption = 2,
     max_new_tokens: MaxNewTokens = 128,
-    temperature: Annotated[
-        float, typer.Option("--temperature", help="Constant sampling temperature.")
-    ] = 0.6,
-    seed: Annotated[int, typer.Option("--seed", help="Sampling and data seed.")] = 0,
-    output: Annotated[
-        Path, typer.Option("--output", "-o", help="Output directory for the CSV and PNG.")
-    ] = Path("analysis/layer-entropy"),
+    temperature: TemperatureOption = 0.6,
+    seed: SeedOption = 0,
+    output: OutputDir = Path("analysis/layer-entropy"),
 ) -> None:
     """Mean entropy of every layer's posterior (logit lens) over generated tokens: CSV + PNG."""
     from calmrl.analysis.layer_entropy import layer_entropy_report
@@ -128,12 +134,10 @@ IS_SCHEDULES = (
 @analyze_app.command("is-variance")
 def is_variance_command(
     model: ModelOption = DEFAULT_MODEL,
-    dataset: Annotated[
-        str, typer.Option("--dataset", help="Preset, file or built-in task.")
-    ] = "arith-add-2",
+    dataset: DatasetOption = "arith-add-2",
     few_shot: FewShot = "arith-add-2",
-    limit: Annotated[int, typer.Option("--limit", help="Number of problems.")] = 8,
-    n: Annotated[int, typer.Option("--samples", "-n", help="Samples per problem.")] = 4,
+    limit: LimitOption = 8,
+    n: SamplesOption = 4,
     max_new_tokens: MaxNewTokens = 48,
     schedule: Annotated[
         list[str] | None,
@@ -145,10 +149,8 @@ def is_variance_command(
         ),
     ] = None,
     cap: Annotated[float, typer.Option("--cap", help="The TIS cap C.")] = 2.0,
-    seed: Annotated[int, typer.Option("--seed", help="Sampling and data seed.")] = 0,
-    output: Annotated[
-        Path, typer.Option("--output", "-o", help="Output directory for the CSV and PNG.")
-    ] = Path("analysis/is-variance"),
+    seed: SeedOption = 0,
+    output: OutputDir = Path("analysis/is-variance"),
 ) -> None:
     """Importance weights pi/mu against the schedule (EAD appendix B): variance, ESS, share
     above the TIS cap, token and sequence level: CSV + PNG."""
@@ -187,23 +189,17 @@ def entropy_position_command(
         list[str] | None,
         typer.Option("--model", help="Model or checkpoint (built-in, .gguf, HF dir); repeat."),
     ] = None,
-    dataset: Annotated[
-        str, typer.Option("--dataset", help="Preset, file or built-in task.")
-    ] = "arith-add-2",
+    dataset: DatasetOption = "arith-add-2",
     few_shot: FewShot = "arith-add-2",
-    limit: Annotated[int, typer.Option("--limit", help="Number of problems.")] = 16,
-    n: Annotated[int, typer.Option("--samples", "-n", help="Samples per problem.")] = 4,
+    limit: LimitOption = 16,
+    n: SamplesOption = 4,
     max_new_tokens: MaxNewTokens = 48,
-    temperature: Annotated[
-        float, typer.Option("--temperature", help="Constant sampling temperature.")
-    ] = 1.0,
+    temperature: TemperatureOption = 1.0,
     threshold: Annotated[
         float, typer.Option("--threshold", help="Report where the mean entropy falls below it.")
     ] = 0.1,
-    seed: Annotated[int, typer.Option("--seed", help="Sampling and data seed.")] = 0,
-    output: Annotated[
-        Path, typer.Option("--output", "-o", help="Output directory for the CSV and PNG.")
-    ] = Path("analysis/entropy-position"),
+    seed: SeedOption = 0,
+    output: OutputDir = Path("analysis/entropy-position"),
 ) -> None:
     """Mean tau = 1 token entropy at each generated position, 95% band (EAD Fig. 1): CSV + PNG,
     one curve per model (e.g. before and after `make demo`: --model smollm2-135m-instruct
@@ -243,23 +239,17 @@ def entropy_position_command(
 @analyze_app.command("token-entropy")
 def token_entropy_command(
     model: ModelOption = DEFAULT_MODEL,
-    dataset: Annotated[
-        str, typer.Option("--dataset", help="Preset, file or built-in task.")
-    ] = "arith-word-1",
+    dataset: DatasetOption = "arith-word-1",
     few_shot: FewShot = None,
-    limit: Annotated[int, typer.Option("--limit", help="Number of problems.")] = 16,
-    n: Annotated[int, typer.Option("--samples", "-n", help="Samples per problem.")] = 4,
+    limit: LimitOption = 16,
+    n: SamplesOption = 4,
     max_new_tokens: MaxNewTokens = 96,
-    temperature: Annotated[
-        float, typer.Option("--temperature", help="Constant sampling temperature.")
-    ] = 1.0,
+    temperature: TemperatureOption = 1.0,
     min_count: Annotated[
         int, typer.Option("--min-count", help="Occurrences a token needs to be ranked.")
     ] = 3,
-    seed: Annotated[int, typer.Option("--seed", help="Sampling and data seed.")] = 0,
-    output: Annotated[
-        Path, typer.Option("--output", "-o", help="Output directory for the CSV and PNG.")
-    ] = Path("analysis/token-entropy"),
+    seed: SeedOption = 0,
+    output: OutputDir = Path("analysis/token-entropy"),
 ) -> None:
     """Token entropies grouped by token: the highest-entropy tokens, and pivotal / reflective
     word classes against all other tokens, with 95% CIs (the entropy paper): CSV + PNG."""
@@ -299,11 +289,9 @@ def token_entropy_command(
 @analyze_app.command("forking")
 def forking_command(
     model: ModelOption = DEFAULT_MODEL,
-    dataset: Annotated[
-        str, typer.Option("--dataset", help="Preset, file or built-in task.")
-    ] = "arith-add-2",
+    dataset: DatasetOption = "arith-add-2",
     few_shot: FewShot = "arith-add-2",
-    limit: Annotated[int, typer.Option("--limit", help="Number of problems.")] = 16,
+    limit: LimitOption = 16,
     k: Annotated[int, typer.Option("--samples", "-k", help="Continuations per branch.")] = 8,
     positions: Annotated[
         str, typer.Option("--positions", help="Comma-separated branch positions t.")
@@ -316,10 +304,8 @@ def forking_command(
         typer.Option("--reference-tau", help="Sample the references at this tau (default greedy)."),
     ] = None,
     max_new_tokens: MaxNewTokens = 48,
-    seed: Annotated[int, typer.Option("--seed", help="Sampling and data seed.")] = 0,
-    output: Annotated[
-        Path, typer.Option("--output", "-o", help="Output directory for the CSV and PNG.")
-    ] = Path("analysis/forking"),
+    seed: SeedOption = 0,
+    output: OutputDir = Path("analysis/forking"),
 ) -> None:
     """Branch a reference response at positions t and complete it k times: pass@k / maj@k of
     the branches against t, with 95% CIs (EAD Fig. 2): CSV + PNG."""
