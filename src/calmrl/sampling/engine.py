@@ -25,8 +25,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from calmrl.models.compat import eos_token_ids, supports_logits_to_keep
 from calmrl.models.functional import entropy_from_logits, positions_from_mask
 from calmrl.sampling.backend import register_backend
-from calmrl.sampling.kv_cache import preallocated_cache
 from calmrl.sampling.methods import Method, make_method_sampler
+from calmrl.sampling.prefill import DEFAULT_TOKEN_BUDGET, left_pad, prefill
 from calmrl.sampling.random import row_seeds, sample_tokens
 from calmrl.sampling.rollouts import Rollouts
 from calmrl.sampling.samplers import TemperatureSampler, TokenSampler
@@ -56,17 +56,6 @@ def _encode(
     return encoded
 
 
-def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        if r:
-            ids[i, width - len(r) :] = torch.tensor(r)
-            mask[i, width - len(r) :] = 1
-    return ids, mask
-
-
 @torch.no_grad()
 def generate(
     model: PreTrainedModel,
@@ -87,6 +76,7 @@ def generate(
     batch_size: int | None = None,
     progress: Callable[[int], None] | None = None,
     preallocate_cache: bool = True,
+    prefill_tokens: int = DEFAULT_TOKEN_BUDGET,
 ) -> Rollouts:
     """Sample ``n`` responses per prompt; rows of one prompt are adjacent (``group_index``).
 
@@ -101,7 +91,9 @@ def generate(
     ``seed`` gives the same tokens. ``ignore_eos`` keeps every row going to
     ``max_new_tokens`` (benchmarks: equal work whatever the samples). The KV cache is
     written in place (``calmrl.sampling.kv_cache``); ``preallocate_cache=False`` uses HF's
-    growing ``DynamicCache`` instead (same numbers; for comparison).
+    growing ``DynamicCache`` instead (same numbers; for comparison). Prompts are prefilled
+    in length-sorted buckets of at most ``prefill_tokens`` padded tokens
+    (``calmrl.sampling.prefill``): no compute on padding, memory bounded.
     """
     if n < 1:
         raise ValueError(f"n: must be >= 1, got {n}")
@@ -140,6 +132,7 @@ def generate(
             ignore_eos=ignore_eos,
             seeds=row_seeds(seed, step, indices[start : start + prompts_per_batch], n, device),
             preallocate=preallocate_cache,
+            prefill_tokens=prefill_tokens,
         )
         part.group_index = part.group_index + start
         parts.append(part)
@@ -161,12 +154,13 @@ def _generate_batch(
     ignore_eos: bool,
     seeds: torch.Tensor,
     preallocate: bool,
+    prefill_tokens: int,
 ) -> Rollouts:
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id
     eos = [] if ignore_eos else eos_token_ids(model, tokenizer)
     eos_ids = torch.tensor(eos, dtype=torch.long, device=device)
-    prompt_ids, prompt_mask = _left_pad(prompt_rows, pad_id)
+    prompt_ids, prompt_mask = left_pad(prompt_rows, pad_id)
     prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
     batch = len(prompt_rows) * n
 
@@ -186,21 +180,22 @@ def _generate_batch(
     forward_kwargs = {"use_cache": True, "output_hidden_states": sampler.needs_hidden_states}
     if supports_logits_to_keep(model):
         forward_kwargs["logits_to_keep"] = 1
-    cache = preallocated_cache(model, prompt_ids.shape[1] + max_new_tokens) if preallocate else None
-    outputs = model(
-        input_ids=prompt_ids,
-        attention_mask=prompt_mask,
-        position_ids=position_ids,
-        **({"past_key_values": cache} if cache is not None else {}),
-        **forward_kwargs,
+    outputs = prefill(
+        model,
+        prompt_ids,
+        prompt_mask,
+        capacity=prompt_ids.shape[1] + max_new_tokens,
+        forward_kwargs=forward_kwargs,
+        preallocate=preallocate,
+        token_budget=prefill_tokens,
     )
     if n > 1:  # expand each prompt's state to its n rows
         outputs.past_key_values.batch_repeat_interleave(n)
         # Only the last position is read from here on: repeat that, not the whole prompt.
-        outputs.logits = outputs.logits[:, -1:].repeat_interleave(n, dim=0)
+        outputs.logits = outputs.logits.repeat_interleave(n, dim=0)
         if sampler.needs_hidden_states:
             outputs.hidden_states = tuple(
-                h[:, -1:].repeat_interleave(n, dim=0) for h in outputs.hidden_states
+                h.repeat_interleave(n, dim=0) for h in outputs.hidden_states
             )
         prompt_ids, prompt_mask = (
             prompt_ids.repeat_interleave(n, 0),

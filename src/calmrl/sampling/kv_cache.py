@@ -79,3 +79,26 @@ def preallocated_cache(model: PreTrainedModel, capacity: int) -> DynamicCache | 
         for layer in cache.layers
     ]
     return cache
+
+
+def is_preallocated(cache: DynamicCache | None) -> bool:
+    return cache is not None and all(type(layer) is PreallocatedLayer for layer in cache.layers)
+
+
+def place_rows(
+    target: DynamicCache, rows: torch.Tensor, source: DynamicCache, end: int, batch: int
+) -> None:
+    """Copy ``source``'s filled keys/values into rows ``rows`` of ``target``, right-aligned at
+    position ``end`` (left padding: every prompt ends at ``end``). ``target``'s buffers are
+    created zeroed on first use for ``batch`` rows: the padding slots no row fills must be
+    finite, or the masked attention scores over them would turn NaN."""
+    for into, src in zip(target.layers, source.layers, strict=True):
+        keys, values = src._keys[:, :, : src.length], src._values[:, :, : src.length]
+        if into._keys is None:
+            into.lazy_initialization(keys, values)
+            into._keys = keys.new_zeros(batch, keys.shape[1], into.capacity, keys.shape[-1])
+            into._values = values.new_zeros(batch, values.shape[1], into.capacity, values.shape[-1])
+        into._keys[rows, :, end - src.length : end] = keys
+        into._values[rows, :, end - src.length : end] = values
+        into.length = end
+        into._expose()
