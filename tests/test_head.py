@@ -114,3 +114,28 @@ def test_heads_it_cannot_reproduce_take_the_logits_path():
     plain = response_logprobs(model, rollouts)  # zero bias: the same numbers by the logits path
     torch.testing.assert_close(plain.logprobs, chunked.logprobs, atol=1e-5, rtol=0)
     torch.testing.assert_close(plain.entropy, chunked.entropy, atol=1e-5, rtol=0)
+
+
+def test_padding_every_row_shares_is_not_computed_and_changes_nothing():
+    from dataclasses import replace
+
+    model, tokenizer = tiny_model("llama", seed=2)
+    rollouts = generate(model, tokenizer, ["hi", "7+8="], ConstantSchedule(1.0), n=2,
+                        max_new_tokens=6, seed=1)  # fmt: skip
+    pad = tokenizer.pad_token_id
+    wide = replace(
+        rollouts,
+        prompt_ids=torch.nn.functional.pad(rollouts.prompt_ids, (3, 0), value=pad),
+        prompt_mask=torch.nn.functional.pad(rollouts.prompt_mask, (3, 0)),
+        response_ids=torch.nn.functional.pad(rollouts.response_ids, (0, 4), value=pad),
+        response_mask=torch.nn.functional.pad(rollouts.response_mask, (0, 4)),
+    )
+    calls = []
+    model.model.register_forward_pre_hook(lambda m, a, kw: calls.append(kw["input_ids"].shape[1]),
+                                          with_kwargs=True)  # fmt: skip
+    narrow, padded = response_logprobs(model, rollouts), response_logprobs(model, wide)
+    assert calls[: len(calls) // 2] == calls[len(calls) // 2 :]  # the same widths reach the model
+    assert padded.logprobs.shape == wide.response_ids.shape
+    torch.testing.assert_close(padded.logprobs[:, :-4], narrow.logprobs, atol=1e-6, rtol=0)
+    torch.testing.assert_close(padded.entropy[:, :-4], narrow.entropy, atol=1e-6, rtol=0)
+    assert (padded.logprobs[:, -4:] == 0).all()

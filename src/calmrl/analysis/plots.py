@@ -34,9 +34,13 @@ def _series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
     return [p[0] for p in points], [p[1] for p in points]
 
 
-def plot_training_runs(run_dirs: Sequence[Path], output: Path) -> list[Path]:
+def plot_training_runs(
+    run_dirs: Sequence[Path], output: Path, *, labels: Sequence[str] | None = None
+) -> list[Path]:
+    """Training curves of several runs on shared axes; ``labels`` default to the folder names."""
     output.mkdir(parents=True, exist_ok=True)
-    runs = {Path(d).name: read_metrics(d) for d in run_dirs}
+    names = labels if labels is not None else [Path(d).name for d in run_dirs]
+    runs = {name: read_metrics(d) for name, d in zip(names, run_dirs, strict=True)}
     figure, axes = plt.subplots(2, 3, figsize=(14, 7.5))
     for axis, (key, title) in zip(axes.flat, TRAINING_PANELS, strict=True):
         for name, records in runs.items():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any, NamedTuple
 
 import torch
@@ -48,6 +49,12 @@ def response_logprobs(
     go to ``models.head.head_logprobs_entropy``: the head runs over real tokens only, in
     chunks of ``chunk_tokens``, and the ``[N, T, V]`` logits are never held.
     """
+    width = rollouts.response_ids.shape[1]
+    if not rollouts.response_mask.any():  # placeholder rows only: nothing to score
+        zeros = torch.zeros(rollouts.response_mask.shape, device=rollouts.response_ids.device)
+        values = zeros.clone() if value_head is not None else None
+        return ResponseForward(zeros, zeros.clone(), values)
+    rollouts = _trim_padding(rollouts)
     projection = decoder_and_head(model)
     if projection is None:
         logits, hidden = _response_outputs(model, rollouts, share_prompts, value_head is not None)
@@ -63,7 +70,28 @@ def response_logprobs(
             hidden, weight, rollouts.response_ids, rollouts.response_mask, chunk=chunk_tokens
         )
     values = value_head(hidden) if value_head is not None else None
-    return ResponseForward(logprobs, entropy, values)
+    return ResponseForward(*(_pad_to(t, width) for t in (logprobs, entropy, values)))
+
+
+def _trim_padding(rollouts: Rollouts) -> Rollouts:
+    """Drop the prompt columns that are padding in every row and the response columns after
+    the longest response: the model computes nothing for them, and the numbers do not change
+    (positions come from the mask)."""
+    start = int(rollouts.prompt_mask.any(0).nonzero()[0]) if rollouts.prompt_mask.any() else 0
+    end = int(rollouts.response_mask.any(0).nonzero()[-1]) + 1
+    return replace(
+        rollouts,
+        prompt_ids=rollouts.prompt_ids[:, start:],
+        prompt_mask=rollouts.prompt_mask[:, start:],
+        response_ids=rollouts.response_ids[:, :end],
+        response_mask=rollouts.response_mask[:, :end],
+    )
+
+
+def _pad_to(values: torch.Tensor | None, width: int) -> torch.Tensor | None:
+    if values is None or values.shape[1] == width:
+        return values
+    return torch.nn.functional.pad(values, (0, width - values.shape[1]))
 
 
 def _response_outputs(
