@@ -69,8 +69,10 @@ def run_dir(out: Path, name: str, seed: int) -> Path:
     return out / name / f"seed{seed}"
 
 
-def train_one(name: str, seed: int, args: argparse.Namespace) -> float:
-    """Train one variant at one seed unless its result exists; returns minutes spent."""
+def train_one(name: str, seed: int, args: argparse.Namespace, *, first: bool) -> float:
+    """Train one variant at one seed unless its result exists; returns minutes spent. Every
+    variant of a seed starts from the same model and evaluates with the same seed, so only the
+    ``first`` evaluates before training."""
     path = run_dir(Path(args.out), name, seed)
     if (path / "eval_after.json").is_file():
         return 0.0
@@ -83,12 +85,14 @@ def train_one(name: str, seed: int, args: argparse.Namespace) -> float:
         f"train.eval_k=[1, {args.eval_n}]",
         f"data.eval_limit={args.eval_limit}",
         "train.save_every=0",
+        f"train.eval_before={str(first).lower()}",
         f"train.output_dir={path}",
         *args.overrides,
     ]
     started = time.perf_counter()
     history = run_training(load_config(None, overrides))
-    write_json(path / "eval_before.json", history["before"].to_dict())
+    if first:
+        write_json(path / "eval_before.json", history["before"].to_dict())
     write_json(path / "eval_after.json", history["after"].to_dict())
     return (time.perf_counter() - started) / 60
 
@@ -178,8 +182,8 @@ def main() -> None:
     out = Path(args.out)
     minutes = {}
     for seed in args.seeds:  # seed-major: a partial comparison still pairs every variant
-        for name in args.only:
-            minutes[(name, seed)] = train_one(name, seed, args)
+        for i, name in enumerate(args.only):
+            minutes[(name, seed)] = train_one(name, seed, args, first=i == 0)
             print(f"{name} seed {seed}: {minutes[(name, seed)]:.1f} min", flush=True)
     text = "\n".join(
         [

@@ -45,6 +45,23 @@ def test_sample_tokens_draws_from_the_distribution_and_never_a_zero_mass_token()
     assert frequencies[1] == 0 and frequencies[4] == 0
 
 
+def test_sharp_distributions_give_the_tokens_of_the_plain_inverse_cdf():
+    """Masses below 3.2e-38 are dropped for speed: the tokens equal those of exp + cumsum."""
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(256, 5000, generator=generator) * 4
+    logits[:, ::7] = float("-inf")  # truncated tokens
+    log_probs = (logits / 0.1).log_softmax(-1)  # tau = 0.1: most masses underflow fp32
+    assert (log_probs[torch.isfinite(log_probs)] < -87.3).float().mean() > 0.5
+    seeds = row_seeds(1, 2, range(256), 1)
+    for t in range(4):
+        cdf = log_probs.exp().double().cumsum(-1)
+        target = uniforms(seeds, t).unsqueeze(-1) * cdf[:, -1:]
+        plain = torch.searchsorted(cdf, target, right=True).squeeze(-1)
+        got = sample_tokens(log_probs, seeds, t)
+        assert torch.equal(got, plain)
+        assert torch.isfinite(log_probs.gather(-1, got[:, None])).all()
+
+
 def test_row_seeds_depend_on_every_part():
     base = row_seeds(0, 0, [7], 2)
     for other in (row_seeds(1, 0, [7], 2), row_seeds(0, 1, [7], 2), row_seeds(0, 0, [8], 2)):

@@ -501,6 +501,17 @@ def test_custom_function_reward_trains_and_evaluates_with_the_math_verifier(tmp_
     assert (tmp_path / "run" / "evals" / "step-000001.json").is_file()
 
 
+def test_eval_before_false_evaluates_only_after_training(tmp_path):
+    cfg = make_config(
+        tmp_path, "train.steps=1", "train.eval_every=1", "train.eval_n=2", "train.eval_k=[1,2]",
+        "data.eval=arith-add-1", "data.eval_limit=2", "train.eval_before=false",
+    )  # fmt: skip
+    model, tokenizer = tiny_model(seed=3)
+    history = Trainer(cfg, model=model, tokenizer=tokenizer).train()
+    assert set(history) == {"after"}
+    assert sorted(p.name for p in (tmp_path / "run" / "evals").iterdir()) == ["step-000001.json"]
+
+
 def test_resume_of_a_finished_run_says_it_is_complete_and_exits_0(tmp_path, monkeypatch, capsys):
     from calmrl import cli
 

@@ -236,6 +236,8 @@ class TrainConfig(_Section):
     """Replace an earlier run in output_dir (otherwise a fresh run there is refused)."""
     eval_every: int = Field(5, ge=0)
     """Evaluate every N steps (and before the first and after the last); 0 = never."""
+    eval_before: bool = True
+    """Evaluate before the first step too (runs that share a start can evaluate it once)."""
     eval_n: int = Field(8, ge=1)
     eval_k: list[int] = Field(default_factory=lambda: [1, 4, 8])
     eval_method: str = "constant"

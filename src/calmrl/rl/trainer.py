@@ -192,7 +192,7 @@ class Trainer:
     def _train(self, stop: StopFlag) -> dict[str, Any]:
         cfg = self.config.train
         history: dict[str, Any] = {}
-        if cfg.eval_every and self.step == 0:
+        if cfg.eval_every and cfg.eval_before and self.step == 0:
             with self.ui.status("evaluating before training"):
                 history["before"] = self.run_eval()
             self.logger.log(0, history["before"].flat_metrics(prefix="eval/"))
