@@ -33,9 +33,10 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from calmrl.integrations.vllm.spec import CONSTANT, check_method, request_args, spec_of
 from calmrl.models.compat import eos_token_ids
 from calmrl.rl.forward import response_logprobs
-from calmrl.sampling.engine import NonFiniteLogitsError, _decode, _encode, _left_pad
+from calmrl.sampling.engine import NonFiniteLogitsError, _decode, _encode
 from calmrl.sampling.entropy_clock import EntropyClockSampler
 from calmrl.sampling.methods import Method, make_method_sampler
+from calmrl.sampling.prefill import left_pad
 from calmrl.sampling.random import row_seeds
 from calmrl.sampling.rollouts import Rollouts
 
@@ -227,7 +228,7 @@ class VLLMBackend:
             behaviour[i, : len(ids)] = torch.tensor(
                 [entry[token].logprob for entry, token in zip(c.logprobs, ids, strict=True)]
             )
-        prompt_ids, prompt_mask = _left_pad(rows, pad)
+        prompt_ids, prompt_mask = left_pad(rows, pad)
         rollouts = Rollouts(
             prompt_ids=prompt_ids,
             prompt_mask=prompt_mask,
