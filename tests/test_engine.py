@@ -206,3 +206,24 @@ def test_the_in_place_cache_and_hfs_growing_cache_give_identical_rollouts(arch):
     assert torch.equal(fast.response_ids, slow.response_ids)
     for name in ("behaviour_logprobs", "logprobs", "entropies"):
         torch.testing.assert_close(getattr(fast, name), getattr(slow, name), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(("poison", "fails"), [(float("nan"), True), (float("inf"), True),
+                                               (float("-inf"), False)])  # fmt: skip
+def test_nan_or_plus_inf_logits_stop_generation_and_minus_inf_is_a_banned_token(poison, fails):
+    from calmrl.sampling.engine import NonFiniteLogitsError
+
+    model, tokenizer = tiny_model("llama", seed=1)
+
+    def hook(_module, _inputs, out):
+        out[..., 7] = poison
+        return out
+
+    model.lm_head.register_forward_hook(hook)
+    run = lambda: generate(model, tokenizer, ["hi"], ConstantSchedule(1.0), n=2,  # noqa: E731
+                           max_new_tokens=4, seed=0)  # fmt: skip
+    if fails:
+        with pytest.raises(NonFiniteLogitsError, match="non-finite logits at generated token 0"):
+            run()
+    else:
+        assert (run().response_ids[run().response_mask.bool()] != 7).all()

@@ -208,8 +208,7 @@ def _generate_batch(
 
     for t in range(max_new_tokens):
         logits = outputs.logits[:, -1].float()
-        if torch.isnan(logits).any() or torch.isposinf(logits).any():
-            raise NonFiniteLogitsError(f"model returned non-finite logits at generated token {t}")
+        _check_finite(logits, t)
         hidden = (
             tuple(h[:, -1] for h in outputs.hidden_states) if sampler.needs_hidden_states else None
         )
@@ -280,6 +279,15 @@ def _generate_batch(
         finish_reasons=finish,
         **{name: value[:, :width] for name, value in record.items()},
     )
+
+
+def _check_finite(logits: torch.Tensor, t: int) -> None:
+    """NaN or +inf logits leave nothing to sample. One reduction decides in the common case
+    (a finite sum); only then are the two element-wise tests run (-inf logits are allowed)."""
+    if torch.isfinite(logits.sum()):
+        return
+    if torch.isnan(logits).any() or torch.isposinf(logits).any():
+        raise NonFiniteLogitsError(f"model returned non-finite logits at generated token {t}")
 
 
 def _decode(
