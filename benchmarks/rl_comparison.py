@@ -11,7 +11,8 @@ one thing per variant (EAD Fig. 4, the LED paper's reward curves, the entropy pa
 - ``ead-tis-shaping``: + entropy-shaped advantages (``algorithm.entropy_shaping``);
 - ``ead-tis-forking``: + gradient only through the top 20% entropy tokens
   (``algorithm.top_entropy_quantile=0.2``);
-- ``led-tis``: LED rollouts (d = 8, k = 8, T = 0.6) with TIS.
+- ``led-tis``: LED rollouts (d = 8, k = 8, T = 0.6) with TIS;
+- with ``--only``: ``ead-no-tis``, ``ppo-gae``, ``ead-entropy-tis`` (``EXTRA_VARIANTS``).
 
 Every run evaluates the same ``--eval-limit`` held-out problems (``data.eval_seed`` is fixed)
 with ``--eval-n`` samples each before and after training. The report gives, per variant, the
@@ -63,6 +64,13 @@ VARIANTS = {
         "algorithm.tis=true",
     ],
 }
+# Beyond the five (name them with --only): EAD without TIS (the paper's third run), PPO with
+# GAE and EAD on an entropy clock, each with the EAD + TIS run's rollouts and budget otherwise.
+EXTRA_VARIANTS = {
+    "ead-no-tis": ["rollout.method=ead-paper", "algorithm.tis=false"],
+    "ppo-gae": ["rollout.method=ead-paper", "algorithm.advantage=gae", "algorithm.lam=0.95"],
+    "ead-entropy-tis": ["rollout.method=ead-entropy", "rollout.params={entropy_ref: 0.3}"],
+}
 
 
 def run_dir(out: Path, name: str, seed: int) -> Path:
@@ -77,7 +85,7 @@ def train_one(name: str, seed: int, args: argparse.Namespace, *, first: bool) ->
     if (path / "eval_after.json").is_file():
         return 0.0
     overrides = [
-        *VARIANTS[name],
+        *{**VARIANTS, **EXTRA_VARIANTS}[name],
         f"train.seed={seed}",
         f"train.steps={args.steps}",
         f"train.eval_every={args.steps}",
@@ -175,7 +183,8 @@ def main() -> None:
     parser.add_argument("--eval-limit", type=int, default=64)
     parser.add_argument("--eval-n", type=int, default=16)
     parser.add_argument("--out", default="runs/comparison")
-    parser.add_argument("--only", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
+    choices = [*VARIANTS, *EXTRA_VARIANTS]
+    parser.add_argument("--only", nargs="*", default=list(VARIANTS), choices=choices)
     parser.add_argument("overrides", nargs="*", help="extra section.key=value overrides")
     args = parser.parse_args()
 

@@ -65,6 +65,7 @@ def test_report_pairs_problems_and_seeds(comparison, tmp_path):
 def test_variants_are_valid_configs(comparison):
     from calmrl.config import load_config
 
-    for name, overrides in comparison.VARIANTS.items():
+    assert comparison.BASELINE in comparison.VARIANTS and len(comparison.VARIANTS) == 5
+
+    for name, overrides in {**comparison.VARIANTS, **comparison.EXTRA_VARIANTS}.items():
         load_config(None, [*overrides, "train.steps=1"])  # raises on a bad field or value
-        assert name in comparison.VARIANTS
