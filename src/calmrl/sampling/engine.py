@@ -191,7 +191,6 @@ def _generate_batch(
     )
     if n > 1:  # expand each prompt's state to its n rows
         outputs.past_key_values.batch_repeat_interleave(n)
-        # Only the last position is read from here on: repeat that, not the whole prompt.
         outputs.logits = outputs.logits.repeat_interleave(n, dim=0)
         if sampler.needs_hidden_states:
             outputs.hidden_states = tuple(
