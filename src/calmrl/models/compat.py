@@ -10,6 +10,8 @@ import os
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from calmrl.models.lens import LogitLens
+
 
 def eos_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
     """Every id that ends a response: the generation config's (one or several), the tokenizer's."""
@@ -128,9 +130,7 @@ def decoder_and_head(model: PreTrainedModel) -> tuple[torch.nn.Module, torch.Ten
         return None
     if head.bias is not None or hasattr(head.weight, "placements"):
         return None
-    configs = [model.config, getattr(model.config, "text_config", None)]
-    for config in filter(None, configs):
-        for name in ("final_logit_softcapping", "logit_scale", "logits_scaling"):
-            if getattr(config, name, None) not in (None, 1, 1.0):
-                return None
+    lens = LogitLens.of(model)  # it reads the logit scale and soft-capping of any config
+    if lens.scale != 1.0 or lens.softcap is not None:
+        return None
     return decoder, head.weight
