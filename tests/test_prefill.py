@@ -35,12 +35,12 @@ def test_prefill_in_buckets_equals_one_padded_forward(arch, budget):
                       token_budget=10**6)  # fmt: skip
         many = prefill(model, ids, mask, capacity=ids.shape[1] + 4, forward_kwargs=kwargs,
                        token_budget=budget)  # fmt: skip
-    assert is_preallocated(many.past_key_values)
+    assert is_preallocated(many.cache)
     torch.testing.assert_close(many.logits, one.logits, atol=1e-5, rtol=0)
     for a, b in zip(many.hidden_states, one.hidden_states, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
     real = mask.bool()
-    for a, b in zip(many.past_key_values.layers, one.past_key_values.layers, strict=True):
+    for a, b in zip(many.cache.layers, one.cache.layers, strict=True):
         assert a.keys.shape == b.keys.shape  # [P, heads, width, head_dim], left-padded
         torch.testing.assert_close(a.keys.transpose(1, 2)[real], b.keys.transpose(1, 2)[real],
                                    atol=1e-5, rtol=0)  # fmt: skip

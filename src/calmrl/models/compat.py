@@ -9,6 +9,7 @@ import os
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers.modeling_outputs import BaseModelOutputWithPast
 
 from calmrl.models.lens import LogitLens
 
@@ -20,6 +21,24 @@ def eos_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) ->
     if tokenizer.eos_token_id is not None:
         ids.append(tokenizer.eos_token_id)
     return sorted(set(ids))
+
+
+# transformers 5.24 renamed forward's ``past_key_values`` argument and output field to ``cache``;
+# the old name still works there but warns on every call (and goes in 5.40), while the vLLM and
+# veRL venvs (5.19, 5.10) know only the old one.
+CACHE_ARGUMENT = (
+    "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
+)
+
+
+def cache_kwargs(cache: object) -> dict[str, object]:
+    """``forward``'s keyword argument that passes a KV cache, under this transformers' name."""
+    return {CACHE_ARGUMENT: cache}
+
+
+def output_cache(outputs: object) -> object:
+    """The KV cache a ``forward`` returned."""
+    return getattr(outputs, CACHE_ARGUMENT)
 
 
 def supports_logits_to_keep(model: PreTrainedModel) -> bool:

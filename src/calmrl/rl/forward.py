@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import torch
 from transformers import PreTrainedModel
 
-from calmrl.models.compat import decoder_and_head, is_checkpointing
+from calmrl.models.compat import cache_kwargs, decoder_and_head, is_checkpointing, output_cache
 from calmrl.models.functional import entropy_from_logits, positions_from_mask
 from calmrl.models.head import DEFAULT_CHUNK_TOKENS, head_logprobs_entropy
 from calmrl.rl.value_head import ValueHead
@@ -135,13 +135,13 @@ def _response_outputs(
         )
         outputs = _main_output(prefix, is_lm)[:, -1:][row_to_group]
         if steps > 1:
-            cache = prefix.past_key_values
+            cache = output_cache(prefix)
             cache.batch_select_indices(row_to_group.to(rollouts.prompt_ids.device))
             rest = module(
                 input_ids=rollouts.response_ids[:, :-1],
                 attention_mask=full_mask[:, :-1],
                 position_ids=positions[:, width:-1],
-                past_key_values=cache,
+                **cache_kwargs(cache),
                 use_cache=True,
             )
             outputs = torch.cat([outputs, _main_output(rest, is_lm)], dim=1)

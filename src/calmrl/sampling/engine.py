@@ -22,7 +22,12 @@ from collections.abc import Callable, Sequence
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from calmrl.models.compat import eos_token_ids, supports_logits_to_keep
+from calmrl.models.compat import (
+    cache_kwargs,
+    eos_token_ids,
+    output_cache,
+    supports_logits_to_keep,
+)
 from calmrl.models.functional import entropy_from_logits, positions_from_mask
 from calmrl.sampling.backend import register_backend
 from calmrl.sampling.methods import Method, make_method_sampler
@@ -180,7 +185,7 @@ def _generate_batch(
     forward_kwargs = {"use_cache": True, "output_hidden_states": sampler.needs_hidden_states}
     if supports_logits_to_keep(model):
         forward_kwargs["logits_to_keep"] = 1
-    outputs = prefill(
+    outputs = prefill(  # then each decode step's model outputs
         model,
         prompt_ids,
         prompt_mask,
@@ -190,7 +195,7 @@ def _generate_batch(
         token_budget=prefill_tokens,
     )
     if n > 1:  # expand each prompt's state to its n rows
-        outputs.past_key_values.batch_repeat_interleave(n)
+        outputs.cache.batch_repeat_interleave(n)
         outputs.logits = outputs.logits.repeat_interleave(n, dim=0)
         if sampler.needs_hidden_states:
             outputs.hidden_states = tuple(
@@ -201,7 +206,7 @@ def _generate_batch(
             prompt_mask.repeat_interleave(n, 0),
         )
         position_ids = position_ids.repeat_interleave(n, dim=0)
-    attention_mask = prompt_mask
+    attention_mask, cache = prompt_mask, outputs.cache
     sampler.reset(batch, device)
     running = torch.ones(batch, dtype=torch.bool, device=device)  # over the model batch
 
@@ -244,7 +249,6 @@ def _generate_batch(
         if not running.any() or t == max_new_tokens - 1:
             break
 
-        cache = outputs.past_key_values
         if (~running).sum() >= max(1, _COMPACT_FRACTION * len(active)):
             keep = running.nonzero().flatten()
             cache.batch_select_indices(keep)
@@ -260,9 +264,10 @@ def _generate_batch(
             input_ids=token[:, None],
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=cache,
+            **cache_kwargs(cache),
             **forward_kwargs,
         )
+        cache = output_cache(outputs)
 
     width = int(response_mask.sum(-1).max().item()) if batch else 0
     width = max(width, 1)

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
+from calmrl.models.compat import cache_kwargs, output_cache
 from calmrl.models.functional import positions_from_mask
 from calmrl.sampling.kv_cache import is_preallocated, place_rows, preallocated_cache
 
@@ -28,7 +29,7 @@ DEFAULT_TOKEN_BUDGET = 4096
 class Prefill:
     logits: torch.Tensor  # [P, 1, V]: the last prompt position's logits
     hidden_states: tuple[torch.Tensor, ...] | None  # per layer [P, 1, H] (LED)
-    past_key_values: Any
+    cache: Any
 
 
 def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -73,11 +74,11 @@ def prefill(
             input_ids=ids,
             attention_mask=mask,
             position_ids=positions_from_mask(mask),
-            **({"past_key_values": cache} if cache is not None else {}),
+            **(cache_kwargs(cache) if cache is not None else {}),
             **forward_kwargs,
         )
         states = tuple(h[:, -1:] for h in out.hidden_states) if hidden else None
-        return Prefill(out.logits[:, -1:], states, out.past_key_values)
+        return Prefill(out.logits[:, -1:], states, output_cache(out))
 
     batch, width = ids.shape
     lengths = mask.sum(-1).tolist()
@@ -118,7 +119,7 @@ def _chunked_forward(
             input_ids=ids[:, start:end],
             attention_mask=mask[:, :end],
             position_ids=positions[:, start:end],
-            past_key_values=cache,
+            **cache_kwargs(cache),
             **forward_kwargs,
         )
     return out
