@@ -80,15 +80,22 @@ def plot(curves: Sequence[PositionCurve], path: Path, *, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axis = plt.subplots(figsize=(7, 4))
+    # The lower panel shows how many rows reach each position: where few do, the mean is noisy.
+    fig, (axis, rows) = plt.subplots(
+        2, 1, figsize=(7, 5), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+    )
     for c in curves:
         x = range(len(c.mean))
-        axis.plot(x, c.mean, label=c.label)
-        axis.fill_between(x, c.lo, c.hi, alpha=0.2)
-    axis.set_xlabel("position in the response (generated token t)")
-    axis.set_ylabel("entropy at tau = 1 (nats); band: 95% CI")
+        (line,) = axis.plot(x, c.mean, label=c.label)
+        # Entropy is >= 0: the normal interval's lower end is drawn clipped there.
+        axis.fill_between(x, [max(0.0, v) for v in c.lo], c.hi, alpha=0.2, color=line.get_color())
+        rows.plot(x, c.count, color=line.get_color())
+    axis.set_ylabel("entropy at tau = 1 (nats)\nband: 95% CI")
     axis.set_title(title, fontsize=10)
     axis.legend(fontsize=8)
+    rows.set_ylabel("rows")
+    rows.set_ylim(bottom=0)
+    rows.set_xlabel("position in the response (generated token t)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -68,6 +68,11 @@ def _model_and_prompts(model: str, problems: list, few_shot: str | None) -> tupl
     return lm, tokenizer, prompts
 
 
+def _label(model: str) -> str:
+    """A model's name in legends: as given, or the file name of an absolute path."""
+    return Path(model).name if Path(model).is_absolute() else model
+
+
 def _output_paths(output: Path, kind: str, models: list[str], dataset: str) -> tuple[Path, Path]:
     """``<output>/<analysis>_<model(s)>_<dataset>.{csv,png}``, the directory created."""
     output.mkdir(parents=True, exist_ok=True)
@@ -220,7 +225,7 @@ def entropy_position_command(
                 prompts, Method("constant", {"tau": temperature}), n=n,
                 max_new_tokens=max_new_tokens, seed=seed,
             )  # fmt: skip
-            curves.append(entropy_by_position(rollouts, label=name))
+            curves.append(entropy_by_position(rollouts, label=_label(name)))
             bar.advance(task)
     csv_path, png_path = _output_paths(output, "entropy-position", models, dataset)
     write_csv(curves, csv_path)
