@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from calmrl.analysis.is_variance import importance_weights, is_variance, weight_stats
+from calmrl.analysis.is_variance import is_variance, log_importance_weights, weight_stats
 from calmrl.sampling import HFBackend, Method
 
 PROMPTS = ["a", "bb", "a third prompt"]
@@ -20,7 +20,7 @@ def backend(tiny):
 
 def test_weight_stats_equal_their_formulas():
     rho = torch.tensor([0.5, 1.0, 2.5, 4.0])
-    stats = weight_stats(rho, cap=2.0)
+    stats = weight_stats(rho.log(), cap=2.0)
     mean = sum(rho.tolist()) / 4
     assert stats["mean"] == pytest.approx(mean)
     assert stats["variance"] == pytest.approx(sum((r - mean) ** 2 for r in rho.tolist()) / 4)
@@ -28,6 +28,18 @@ def test_weight_stats_equal_their_formulas():
         sum(rho.tolist()) ** 2 / (4 * sum(r * r for r in rho.tolist()))
     )
     assert stats["frac_above_cap"] == pytest.approx(0.5)
+
+
+def test_ess_is_scale_invariant_and_survives_underflow_and_the_clamp():
+    # Sequence weights of long low-temperature rows: exp(-300) underflows, and the +-20 clamp
+    # would make them equal (ESS 1). Kish's ESS of w equals that of w * c for any c > 0.
+    log_rho = torch.tensor([-300.0, -301.0, -305.0, -340.0], dtype=torch.float64)
+    scaled = (log_rho + 300).exp().tolist()
+    expected = sum(scaled) ** 2 / (4 * sum(w * w for w in scaled))
+    stats = weight_stats(log_rho, cap=2.0)
+    assert stats["ess"] == pytest.approx(expected) and stats["ess"] < 0.5
+    assert stats["mean"] == pytest.approx(math.exp(-20))  # clamped, as TIS weighs them
+    assert weight_stats(torch.zeros(3), cap=2.0)["ess"] == pytest.approx(1.0)
 
 
 def test_at_tau_one_every_weight_is_one_and_annealing_spreads_them(backend):
@@ -47,12 +59,12 @@ def test_at_tau_one_every_weight_is_one_and_annealing_spreads_them(backend):
         assert rows["hot", level].ess < 1.0 and rows["ead", level].ess < 1.0
     # The sequence weights are the products of the token weights of each row.
     rollouts = backend.generate(PROMPTS, schedules[2][1], n=4, max_new_tokens=10, seed=0)
-    _, sequence = importance_weights(rollouts)
+    _, log_sequence = log_importance_weights(rollouts)
     on = rollouts.response_mask.bool()
     products = [math.prod(token_row) for token_row in (
         (rollouts.logprobs[i][on[i]] - rollouts.behaviour_logprobs[i][on[i]]).exp().tolist()
         for i in range(len(rollouts)))]  # fmt: skip
-    assert sequence.tolist() == pytest.approx(products, rel=1e-4)
+    assert log_sequence.exp().tolist() == pytest.approx(products, rel=1e-4)
     assert rows["ead", "token"].units == int(on.sum())
 
 

@@ -4,10 +4,13 @@ For each schedule, sample rollouts with exact behaviour log-probs ``log mu`` and
 ``log pi`` (tau = 1) of every token, and report the importance weights ``rho = pi / mu``:
 
 - token level, ``rho_t = exp(log pi_t - log mu_t)`` over all response tokens;
-- sequence level, ``rho = exp(sum_t (log pi_t - log mu_t))`` per row (log-ratio clamped to +-20,
-  as TIS does);
-- for each: mean, variance, Kish's effective sample size ``ESS = (sum rho)^2 / (n sum rho^2)``
-  as a fraction of n, and the fraction above the TIS cap.
+- sequence level, ``rho = exp(sum_t (log pi_t - log mu_t))`` per row;
+- for each: mean, variance and the fraction above the TIS cap of the weights (log-ratio
+  clamped to +-20, as TIS does), and Kish's effective sample size
+  ``ESS = (sum rho)^2 / (n sum rho^2)`` as a fraction of n, computed from the unclamped log
+  weights with log-sum-exp: ESS is scale-invariant, so sequences whose weights all underflow
+  (hundreds of tokens at a low temperature) still get their true ESS instead of 0/0, and the
+  clamp cannot make unequal weights look equal.
 
 At tau = 1 every weight is 1 (ESS 1); the further a schedule's temperatures move from 1, the
 larger the variance and the smaller the ESS: the regime where truncation changes the update.
@@ -16,6 +19,7 @@ larger the variance and the smaller the ESS: the regime where truncation changes
 from __future__ import annotations
 
 import csv
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -39,28 +43,29 @@ class WeightStats:
     temperature_mean: float
 
 
-def weight_stats(rho: torch.Tensor, cap: float) -> dict[str, float]:
-    """Mean, variance, Kish ESS / n and the share above ``cap`` of 1-D weights ``rho``."""
-    rho = rho.double()
-    n = rho.numel()
+def weight_stats(log_rho: torch.Tensor, cap: float) -> dict[str, float]:
+    """Mean, variance, Kish ESS / n and the share above ``cap`` of 1-D weights given by their
+    logs ``log_rho``."""
+    log_rho = log_rho.double()
+    n = log_rho.numel()
     if n == 0:
         return {"units": 0, "mean": 0.0, "variance": 0.0, "ess": 0.0, "frac_above_cap": 0.0}
+    rho = log_rho.clamp(-LOG_RATIO_BOUND, LOG_RATIO_BOUND).exp()
+    log_ess = 2 * log_rho.logsumexp(0) - (2 * log_rho).logsumexp(0) - math.log(n)
     return {
         "units": n,
         "mean": float(rho.mean()),
         "variance": float(rho.var(correction=0)),
-        "ess": float(rho.sum() ** 2 / (n * rho.square().sum())),
+        "ess": float(log_ess.exp()),
         "frac_above_cap": float((rho > cap).double().mean()),
     }
 
 
-def importance_weights(rollouts: Rollouts) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token-level weights of the response tokens and one sequence-level weight per row."""
+def log_importance_weights(rollouts: Rollouts) -> tuple[torch.Tensor, torch.Tensor]:
+    """``log rho`` of every response token, and of every row (the sum over its tokens)."""
     on = rollouts.response_mask.bool()
     log_ratio = torch.where(on, rollouts.logprobs - rollouts.behaviour_logprobs, 0.0)
-    token = log_ratio[on].clamp(-LOG_RATIO_BOUND, LOG_RATIO_BOUND).exp()
-    sequence = log_ratio.sum(-1)[on.any(-1)].clamp(-LOG_RATIO_BOUND, LOG_RATIO_BOUND).exp()
-    return token, sequence
+    return log_ratio[on], log_ratio.sum(-1)[on.any(-1)]
 
 
 def is_variance(
@@ -80,10 +85,11 @@ def is_variance(
         rollouts = backend.generate(prompts, method, n=n, max_new_tokens=max_new_tokens, seed=seed)
         on = rollouts.response_mask.bool()
         temperature = float(rollouts.temperatures[on].mean()) if on.any() else 0.0
-        for level, rho in zip(("token", "sequence"), importance_weights(rollouts), strict=True):
-            rows.append(
-                WeightStats(label, level, **weight_stats(rho, cap), temperature_mean=temperature)
-            )
+        for level, log_rho in zip(
+            ("token", "sequence"), log_importance_weights(rollouts), strict=True
+        ):
+            stats = weight_stats(log_rho, cap)
+            rows.append(WeightStats(label, level, **stats, temperature_mean=temperature))
         if callable(progress):
             progress(label)
     return rows

@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from calmrl.models.attention import bf16_decode_attention
 from calmrl.models.compat import (
     cache_kwargs,
     eos_token_ids,
@@ -98,7 +99,8 @@ def generate(
     written in place (``calmrl.sampling.kv_cache``); ``preallocate_cache=False`` uses HF's
     growing ``DynamicCache`` instead (same numbers; for comparison). Prompts are prefilled
     in length-sorted buckets of at most ``prefill_tokens`` padded tokens
-    (``calmrl.sampling.prefill``): no compute on padding, memory bounded.
+    (``calmrl.sampling.prefill``): no compute on padding, memory bounded. In bf16 on the CPU,
+    decode-step attention packs grouped queries (``calmrl.models.attention``).
     """
     if n < 1:
         raise ValueError(f"n: must be >= 1, got {n}")
@@ -124,25 +126,26 @@ def generate(
     # Whole groups per batch, so each prompt is prefilled once and its cache shared by n rows.
     prompts_per_batch = max(1, (batch_size or n * len(encoded)) // n)
     parts = []
-    for start in range(0, len(encoded), prompts_per_batch):
-        part = _generate_batch(
-            model,
-            tokenizer,
-            encoded[start : start + prompts_per_batch],
-            sampler,
-            n=n,
-            max_new_tokens=max_new_tokens,
-            step=step,
-            stop=list(stop or []),
-            ignore_eos=ignore_eos,
-            seeds=row_seeds(seed, step, indices[start : start + prompts_per_batch], n, device),
-            preallocate=preallocate_cache,
-            prefill_tokens=prefill_tokens,
-        )
-        part.group_index = part.group_index + start
-        parts.append(part)
-        if progress is not None:
-            progress(len(part))
+    with bf16_decode_attention():  # routes nothing outside bf16 on the CPU
+        for start in range(0, len(encoded), prompts_per_batch):
+            part = _generate_batch(
+                model,
+                tokenizer,
+                encoded[start : start + prompts_per_batch],
+                sampler,
+                n=n,
+                max_new_tokens=max_new_tokens,
+                step=step,
+                stop=list(stop or []),
+                ignore_eos=ignore_eos,
+                seeds=row_seeds(seed, step, indices[start : start + prompts_per_batch], n, device),
+                preallocate=preallocate_cache,
+                prefill_tokens=prefill_tokens,
+            )
+            part.group_index = part.group_index + start
+            parts.append(part)
+            if progress is not None:
+                progress(len(part))
     return Rollouts.concat(parts, pad_token_id=tokenizer.pad_token_id)
 
 

@@ -5,6 +5,7 @@ each time (O(T^2) bytes moved over a rollout; 32% of a SmolLM2 decode step at ba
 CPU). Here each full-attention layer allocates ``[batch, heads, prompt + max_new_tokens,
 head_dim]`` once at prefill and writes each step's keys and values into the next slot; the
 model reads a view of the filled part. Sliding-window layers (Gemma 3) keep HF's own layer.
+Under autocast the buffers hold the autocast dtype (see ``_attention_dtype``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ class PreallocatedLayer(DynamicLayer):
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, *args: object, **kwargs: object
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        key_states, value_states = _attention_dtype(key_states), _attention_dtype(value_states)
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         end = self.length + key_states.shape[-2]
@@ -64,6 +66,17 @@ class PreallocatedLayer(DynamicLayer):
             values[:, :, : self.length] = self._values[indices, :, : self.length]
             self._keys, self._values = keys, values
             self._expose()
+
+
+def _attention_dtype(states: torch.Tensor) -> torch.Tensor:
+    """Under autocast, the dtype attention will cast the states to anyway. RoPE multiplies the
+    bf16 keys by fp32 cos/sin, so keys arrive in fp32 while values are bf16; stored as they
+    come, autocast would cast the whole fp32 key cache to bf16 for every decode step (60% of a
+    bf16 rollout on the CPU). Stored in bf16 they are what attention reads, bit for bit."""
+    device = states.device.type
+    if torch.is_autocast_enabled(device) and states.is_floating_point():
+        return states.to(torch.get_autocast_dtype(device))
+    return states
 
 
 def preallocated_cache(model: PreTrainedModel, capacity: int) -> DynamicCache | None:
