@@ -3,8 +3,9 @@
     python benchmarks/rl_comparison.py [--seeds 0 1 2] [--steps 8] [--eval-limit 64]
         [--eval-n 16] [--out runs/comparison] [--only NAME ...] [overrides ...]
 
-Trains the built-in default recipe (``configs/demo.yaml``) once per variant and seed, changing
-one thing per variant (EAD Fig. 4, the LED paper's reward curves, the entropy papers):
+Trains the built-in defaults (``configs/demo.yaml`` without its ``autocast: auto``: fp32) once
+per variant and seed, changing one thing per variant (EAD Fig. 4, the LED paper's reward
+curves, the entropy papers):
 
 - ``constant-1.0``: constant temperature 1.0 rollouts, no TIS (the baseline);
 - ``ead-tis``: EAD (``ead-paper``) rollouts with truncated importance sampling;

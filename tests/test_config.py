@@ -111,8 +111,10 @@ def test_auto_autocast_follows_the_hardware(monkeypatch):
 
     cpu = torch.device("cpu")
     monkeypatch.setattr(compat, "cpu_flags", lambda: {"avx2", "avx512f"})
-    assert compat.resolve_autocast("auto", cpu) is None  # no AMX: fp32
+    assert compat.resolve_autocast("auto", cpu) is None  # no bf16 instructions: fp32
     monkeypatch.setattr(compat, "cpu_flags", lambda: {"avx512f", "amx_bf16", "amx_tile"})
+    assert compat.resolve_autocast("auto", cpu) is torch.bfloat16
+    monkeypatch.setattr(compat, "cpu_flags", lambda: {"avx2", "avx512f", "avx512_bf16"})
     assert compat.resolve_autocast("auto", cpu) is torch.bfloat16
     assert compat.resolve_autocast("bfloat16", cpu) is torch.bfloat16
     assert compat.resolve_autocast(None, cpu) is None

@@ -44,10 +44,11 @@ class ModelConfig(_Section):
     device: str = "cpu"
     autocast: Literal["auto", "bfloat16"] | None = None
     """Compute dtype under torch.autocast for rollouts, update and eval; fp32 master weights
-    either way. ``auto``: bf16 on a bf16 GPU or an AMX-BF16 CPU, fp32 elsewhere (bf16
-    matmuls are ~100x slower than fp32 on AVX2-only CPUs). Default None (fp32) until the
-    effect of bf16 on TIS and the demo is measured on an AMX machine. (fp16 would need loss
-    scaling, so it is not offered.)"""
+    either way. ``auto``: bf16 on a bf16 GPU or a CPU with AMX-BF16 or AVX512-BF16, fp32
+    elsewhere (bf16 matmuls are ~100x slower than fp32 on AVX2-only CPUs). Default None:
+    fp32, whose behaviour and pi_old log-probs agree to ~1e-5; under bf16 they differ by up to
+    ~25% per token and TIS corrects it (docs/benchmarks.md section 1). ``calmrl demo`` runs
+    with ``auto``. (fp16 would need loss scaling, so it is not offered.)"""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (less memory, ~30% more compute)."""
     lora_rank: int = Field(0, ge=0)

@@ -1,7 +1,8 @@
 """``calmrl demo``: the main job on the built-in default, and a sampling side-by-side.
 
 ``run_training_demo`` trains SmolLM2-135M-Instruct with GRPO + EAD rollouts + TIS on built-in
-arithmetic (the defaults of ``calmrl.config``, written out in ``configs/demo.yaml``), then
+arithmetic (the defaults of ``calmrl.config`` plus ``model.autocast=auto``, written out in
+``configs/demo.yaml``), then
 prints held-out pass@k / worst@k before and after and saves plots. ``run_sampling_demo``
 samples the same prompts with EAD and with constant temperature and compares them.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from rich.console import Console
 from rich.table import Table
 
@@ -20,6 +22,7 @@ from calmrl.data.prompts import PromptFormat
 from calmrl.eval.runner import EvalResult
 from calmrl.io import write_json
 from calmrl.models import load_model
+from calmrl.models.compat import resolve_autocast
 from calmrl.rl.trainer import run_training
 from calmrl.sampling import HFBackend, Method, Rollouts
 from calmrl.sampling.metrics import mean_by_position_band
@@ -32,15 +35,18 @@ def run_training_demo(overrides: list[str] | None = None) -> dict[str, EvalResul
     console = Console()
     # The demo is meant to be re-run: it replaces its own earlier run.
     # It writes a checkpoint at its last step, so `calmrl train --resume runs/demo` continues it.
+    # bf16 autocast where this machine's bf16 matmuls are fast (model.autocast=null: fp32).
     steps = Config().train.steps
-    config = load_config(
-        None, ["train.overwrite=true", f"train.save_every={steps}", *(overrides or [])]
-    )
+    defaults = ["train.overwrite=true", f"train.save_every={steps}", "model.autocast=auto"]
+    config = load_config(None, [*defaults, *(overrides or [])])
     run_dir = Path(config.train.output_dir)
+    compute = resolve_autocast(config.model.autocast, torch.device(config.model.device))
     console.print(
         f"[bold]calmrl demo[/]: {config.model.name}, task {config.data.train}, "
         f"{config.rollout.method} rollouts (G={config.rollout.n}), "
-        f"TIS {'on' if config.algorithm.tis else 'off'}, {config.train.steps} steps -> {run_dir}"
+        f"TIS {'on' if config.algorithm.tis else 'off'}, "
+        f"{'bf16 autocast' if compute is torch.bfloat16 else 'fp32'}, "
+        f"{config.train.steps} steps -> {run_dir}"
     )
     history = run_training(config, console=console)
     written = plot_training_runs([run_dir], run_dir / "plots")

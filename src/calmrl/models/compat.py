@@ -98,17 +98,23 @@ def cpu_flags() -> set[str]:
     return set()
 
 
+# CPU flags whose bf16 matmuls beat fp32. Measured (docs/benchmarks.md section 1): AMX-BF16
+# 6.7x the fp32 matmul on a Xeon; AVX512-BF16 ~4x on an EPYC, rollouts 2.2x, the demo 2x.
+# AVX2-only CPUs emulate bf16 and run it ~100x slower than fp32.
+FAST_BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
 def resolve_autocast(setting: str | None, device: torch.device) -> torch.dtype | None:
     """The compute dtype of ``model.autocast``: ``auto`` is bf16 where it is fast (a CUDA GPU
-    with bf16, a CPU with AMX-BF16 tiles) and fp32 elsewhere (on AVX2/AVX-512 CPUs without
-    AMX, bf16 matmuls are several to ~100x slower than fp32)."""
+    with bf16, a CPU with AMX-BF16 or AVX512-BF16) and fp32 elsewhere."""
     if setting is None:
         return None
     if setting != "auto":
         return getattr(torch, setting)
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    return torch.bfloat16 if device.type == "cpu" and "amx_bf16" in cpu_flags() else None
+    fast = device.type == "cpu" and any(flag in cpu_flags() for flag in FAST_BF16_CPU_FLAGS)
+    return torch.bfloat16 if fast else None
 
 
 # glibc mallopt parameters (malloc.h) and the values calmrl sets.
