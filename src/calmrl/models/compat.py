@@ -99,8 +99,8 @@ def cpu_flags() -> set[str]:
 
 
 # CPU flags whose bf16 matmuls beat fp32. Measured (docs/benchmarks.md section 1): AMX-BF16
-# 6.7x the fp32 matmul on a Xeon; AVX512-BF16 ~4x on an EPYC, rollouts 2.2x, the demo 2x.
-# AVX2-only CPUs emulate bf16 and run it ~100x slower than fp32.
+# 5.3x the fp32 matmul on a Xeon, rollouts 1.8x, the demo 1.34x; AVX512-BF16 ~4x on an EPYC,
+# rollouts 2.2x, the demo 2x. AVX2-only CPUs emulate bf16 and run it ~100x slower than fp32.
 FAST_BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 
 
