@@ -65,12 +65,14 @@ $(VERL_STAMP): pyproject.toml Makefile tests/requirements-verl-cpu.txt
 	$(VERL_PIP) --no-deps -e .
 	touch $(VERL_STAMP)
 
-# The plug-in's tests (marker verl), then calmrl's core tests on this venv's transformers (5.10).
+# The plug-in's tests (marker verl), then calmrl's core tests (the engine, its attention and
+# prefill included) on this venv's transformers (5.10).
 test-verl: $(VERL_STAMP)
 	timeout 1200 $(VERL_PY) -m pytest -p no:cacheprovider -m "verl or not (slow or parity or dist)" \
 		tests/test_verl_plugin.py tests/test_verl_actor_loss.py tests/test_verl_agent_loop.py \
 		tests/test_verl_example.py \
-		tests/test_verl_settings.py tests/test_schedules.py tests/test_losses.py tests/test_advantages.py
+		tests/test_verl_settings.py tests/test_schedules.py tests/test_losses.py tests/test_advantages.py \
+		tests/test_engine.py tests/test_attention.py tests/test_prefill.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
@@ -115,7 +117,7 @@ vllm-venv: $(VLLM_STAMP)
 test-vllm: $(VLLM_STAMP)
 	$(VLLM_ENV) timeout 1500 $(VLLM_PY) -m pytest -m vllm -p no:cacheprovider -rs tests/on_vllm
 	timeout 600 $(VLLM_PY) -m pytest -p no:cacheprovider tests/test_engine.py tests/test_schedules.py \
-		tests/test_vllm_processor_logic.py
+		tests/test_vllm_processor_logic.py tests/test_attention.py tests/test_prefill.py
 
 # TRL 1.16 in the vLLM venv: --no-deps, as trl[vllm] and TRL's own pins would move vLLM, torch
 # and transformers; its few missing dependencies go in under the venv's pins.

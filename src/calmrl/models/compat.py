@@ -99,7 +99,7 @@ def cpu_flags() -> set[str]:
 
 
 # CPU flags whose bf16 matmuls beat fp32. Measured (docs/benchmarks.md section 1): AMX-BF16
-# 5.3x the fp32 matmul on a Xeon, rollouts 1.8x, the demo 1.34x; AVX512-BF16 ~4x on an EPYC,
+# 5.3x the fp32 matmul on a Xeon, rollouts 1.8x, the demo 1.36x; AVX512-BF16 ~4x on an EPYC,
 # rollouts 2.2x, the demo 2x. AVX2-only CPUs emulate bf16 and run it ~100x slower than fp32.
 FAST_BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 
@@ -143,6 +143,21 @@ def keep_freed_memory(enabled: bool = True) -> bool:
     mmap = _KEEP_BYTES if enabled else _GLIBC_DEFAULT_MMAP_THRESHOLD
     trim = _KEEP_BYTES if enabled else _GLIBC_DEFAULT_MMAP_THRESHOLD
     return bool(libc.mallopt(_M_MMAP_THRESHOLD, mmap) and libc.mallopt(_M_TRIM_THRESHOLD, trim))
+
+
+# oneDNN (bf16 matmuls on the CPU) caches 1024 compiled kernels by default, each with its
+# own buffers; rollouts and updates see a new shape at almost every step (batch rows finish,
+# lengths vary), so the cache grows to gigabytes (docs/benchmarks.md section 1).
+# 64 holds the kernels of one micro-batch's forward and backward; 16 re-created them within it.
+_ONEDNN_PRIMITIVE_CACHE = "64"
+
+
+def bound_kernel_cache() -> None:
+    """Cap oneDNN's primitive cache at 64 kernels unless the user set
+    ``ONEDNN_PRIMITIVE_CACHE_CAPACITY``: the bf16 demo's peak RSS fell from 7.7 to 6.1 GB at
+    the same speed (a cap of 16: 5.8 GB and 16% slower). oneDNN reads the variable when it
+    creates its first kernel, so this runs before any (``load_model`` calls it first)."""
+    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", _ONEDNN_PRIMITIVE_CACHE)
 
 
 def decoder_and_head(model: PreTrainedModel) -> tuple[torch.nn.Module, torch.Tensor] | None:

