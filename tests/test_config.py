@@ -119,3 +119,12 @@ def test_auto_autocast_follows_the_hardware(monkeypatch):
     assert compat.resolve_autocast("bfloat16", cpu) is torch.bfloat16
     assert compat.resolve_autocast(None, cpu) is None
     assert load_config(None, ["model.autocast=auto"]).model.autocast == "auto"
+
+
+def test_demo_recipe_is_the_defaults_written_out():
+    # configs/demo.yaml says so in its header: the built-in defaults plus model.autocast=auto,
+    # which `calmrl demo` adds too.
+    from pathlib import Path
+
+    recipe = Path(__file__).parents[1] / "configs" / "demo.yaml"
+    assert load_config(recipe) == load_config(None, ["model.autocast=auto"])
