@@ -19,3 +19,15 @@ def tiny():
     from calmrl.models import tiny_model
 
     return tiny_model("llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory):
+    """A tiny Llama saved as a model directory (``models/tiny-llama``), for code that loads."""
+    from calmrl.models import tiny_model
+
+    path = tmp_path_factory.mktemp("models") / "tiny-llama"
+    model, tokenizer = tiny_model("llama")
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

@@ -11,16 +11,6 @@ from pathlib import Path
 import pytest
 
 from calmrl import cli
-from calmrl.models import tiny_model
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("models") / "tiny-llama"
-    model, tokenizer = tiny_model("llama")
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
 
 
 def run(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
@@ -37,13 +27,13 @@ def csv_rows(path: Path) -> list[dict[str, str]]:
 
 
 def test_entropy_position_overlays_two_models_in_one_csv_and_png(
-    model_dir, tmp_path, monkeypatch, capsys
+    tiny_llama_dir, tmp_path, monkeypatch, capsys
 ):
-    other = model_dir.parent / "tiny-llama-again"
+    other = tiny_llama_dir.parent / "tiny-llama-again"
     if not other.exists():
-        other.symlink_to(model_dir, target_is_directory=True)
+        other.symlink_to(tiny_llama_dir, target_is_directory=True)
     code, out, err = run(
-        monkeypatch, capsys, "entropy-position", "--model", str(model_dir), "--model",
+        monkeypatch, capsys, "entropy-position", "--model", str(tiny_llama_dir), "--model",
         str(other), "--limit", "2", "-n", "2", "--max-new-tokens", "6", "-o", str(tmp_path),
     )  # fmt: skip
     assert code == 0, err
@@ -56,9 +46,9 @@ def test_entropy_position_overlays_two_models_in_one_csv_and_png(
     assert "tiny-llama: mean entropy over the first 8 tokens" in out
 
 
-def test_token_entropy_writes_its_groups(model_dir, tmp_path, monkeypatch, capsys):
+def test_token_entropy_writes_its_groups(tiny_llama_dir, tmp_path, monkeypatch, capsys):
     code, out, err = run(
-        monkeypatch, capsys, "token-entropy", "--model", str(model_dir), "--limit", "2",
+        monkeypatch, capsys, "token-entropy", "--model", str(tiny_llama_dir), "--limit", "2",
         "-n", "2", "--max-new-tokens", "6", "--min-count", "1", "-o", str(tmp_path),
     )  # fmt: skip
     assert code == 0, err
@@ -68,9 +58,11 @@ def test_token_entropy_writes_its_groups(model_dir, tmp_path, monkeypatch, capsy
     assert "highest:" in out
 
 
-def test_is_variance_reports_each_schedule_at_both_levels(model_dir, tmp_path, monkeypatch, capsys):
+def test_is_variance_reports_each_schedule_at_both_levels(
+    tiny_llama_dir, tmp_path, monkeypatch, capsys
+):
     code, _, err = run(
-        monkeypatch, capsys, "is-variance", "--model", str(model_dir), "--limit", "2",
+        monkeypatch, capsys, "is-variance", "--model", str(tiny_llama_dir), "--limit", "2",
         "-n", "2", "--max-new-tokens", "6", "-m", "constant:tau=1.0", "-m", "constant:tau=0.6",
         "-o", str(tmp_path),
     )  # fmt: skip
@@ -80,9 +72,9 @@ def test_is_variance_reports_each_schedule_at_both_levels(model_dir, tmp_path, m
     assert (tmp_path / "is-variance_tiny-llama_arith-add-2.png").exists()
 
 
-def test_forking_reports_every_branch_position(model_dir, tmp_path, monkeypatch, capsys):
+def test_forking_reports_every_branch_position(tiny_llama_dir, tmp_path, monkeypatch, capsys):
     code, out, err = run(
-        monkeypatch, capsys, "forking", "--model", str(model_dir), "--limit", "2", "-k", "2",
+        monkeypatch, capsys, "forking", "--model", str(tiny_llama_dir), "--limit", "2", "-k", "2",
         "--positions", "0,2", "--max-new-tokens", "6", "-o", str(tmp_path),
     )  # fmt: skip
     assert code == 0, err

@@ -4,20 +4,8 @@ cache is bounded, and a user's own settings win."""
 import os
 import subprocess
 import sys
-from pathlib import Path
 
-import pytest
-
-from calmrl.models import compat, tiny_model
-
-
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("models") / "tiny-llama"
-    model, tokenizer = tiny_model("llama")
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+from calmrl.models import compat
 
 
 def test_kernel_cache_is_bounded_unless_the_user_chose(monkeypatch):
@@ -29,7 +17,7 @@ def test_kernel_cache_is_bounded_unless_the_user_chose(monkeypatch):
     assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "1024"
 
 
-def test_load_model_bounds_the_kernel_cache_before_the_model_loads(tiny_model_dir):
+def test_load_model_bounds_the_kernel_cache_before_the_model_loads(tiny_llama_dir):
     # A fresh process: the variable must be set by the time load_model returns, and before
     # it loads (load_model calls bound_kernel_cache first; checked by patching from_pretrained).
     code = (
@@ -41,7 +29,7 @@ def test_load_model_bounds_the_kernel_cache_before_the_model_loads(tiny_model_di
         "    return original(*a, **k)\n"
         "transformers.AutoModelForCausalLM.from_pretrained = spy\n"
         "from calmrl.models import load_model\n"
-        f"load_model({str(tiny_model_dir)!r})\n"
+        f"load_model({str(tiny_llama_dir)!r})\n"
         "print(seen[0])\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "ONEDNN_PRIMITIVE_CACHE_CAPACITY"}
