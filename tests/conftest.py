@@ -31,3 +31,20 @@ def tiny_llama_dir(tmp_path_factory):
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+@pytest.fixture
+def calmrl_cli(monkeypatch, capsys):
+    """Run ``calmrl ARGS...`` in this process; returns (exit code, stdout, stderr)."""
+    import sys
+
+    from calmrl import cli
+
+    def run(*args: str) -> tuple[int, str, str]:
+        monkeypatch.setattr(sys, "argv", ["calmrl", *args])
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main()
+        out, err = capsys.readouterr()
+        return exit_info.value.code or 0, out, err
+
+    return run

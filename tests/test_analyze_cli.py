@@ -5,20 +5,9 @@ line, exit 2 and no files."""
 from __future__ import annotations
 
 import csv
-import sys
 from pathlib import Path
 
 import pytest
-
-from calmrl import cli
-
-
-def run(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["calmrl", "analyze", *args])
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main()
-    out, err = capsys.readouterr()
-    return exit_info.value.code or 0, out, err
 
 
 def csv_rows(path: Path) -> list[dict[str, str]]:
@@ -27,13 +16,13 @@ def csv_rows(path: Path) -> list[dict[str, str]]:
 
 
 def test_entropy_position_overlays_two_models_in_one_csv_and_png(
-    tiny_llama_dir, tmp_path, monkeypatch, capsys
+    tiny_llama_dir, tmp_path, calmrl_cli
 ):
     other = tiny_llama_dir.parent / "tiny-llama-again"
     if not other.exists():
         other.symlink_to(tiny_llama_dir, target_is_directory=True)
-    code, out, err = run(
-        monkeypatch, capsys, "entropy-position", "--model", str(tiny_llama_dir), "--model",
+    code, out, err = calmrl_cli(
+        "analyze", "entropy-position", "--model", str(tiny_llama_dir), "--model",
         str(other), "--limit", "2", "-n", "2", "--max-new-tokens", "6", "-o", str(tmp_path),
     )  # fmt: skip
     assert code == 0, err
@@ -46,9 +35,9 @@ def test_entropy_position_overlays_two_models_in_one_csv_and_png(
     assert "tiny-llama: mean entropy over the first 8 tokens" in out
 
 
-def test_token_entropy_writes_its_groups(tiny_llama_dir, tmp_path, monkeypatch, capsys):
-    code, out, err = run(
-        monkeypatch, capsys, "token-entropy", "--model", str(tiny_llama_dir), "--limit", "2",
+def test_token_entropy_writes_its_groups(tiny_llama_dir, tmp_path, calmrl_cli):
+    code, out, err = calmrl_cli(
+        "analyze", "token-entropy", "--model", str(tiny_llama_dir), "--limit", "2",
         "-n", "2", "--max-new-tokens", "6", "--min-count", "1", "-o", str(tmp_path),
     )  # fmt: skip
     assert code == 0, err
@@ -58,11 +47,9 @@ def test_token_entropy_writes_its_groups(tiny_llama_dir, tmp_path, monkeypatch, 
     assert "highest:" in out
 
 
-def test_is_variance_reports_each_schedule_at_both_levels(
-    tiny_llama_dir, tmp_path, monkeypatch, capsys
-):
-    code, _, err = run(
-        monkeypatch, capsys, "is-variance", "--model", str(tiny_llama_dir), "--limit", "2",
+def test_is_variance_reports_each_schedule_at_both_levels(tiny_llama_dir, tmp_path, calmrl_cli):
+    code, _, err = calmrl_cli(
+        "analyze", "is-variance", "--model", str(tiny_llama_dir), "--limit", "2",
         "-n", "2", "--max-new-tokens", "6", "-m", "constant:tau=1.0", "-m", "constant:tau=0.6",
         "-o", str(tmp_path),
     )  # fmt: skip
@@ -72,9 +59,9 @@ def test_is_variance_reports_each_schedule_at_both_levels(
     assert (tmp_path / "is-variance_tiny-llama_arith-add-2.png").exists()
 
 
-def test_forking_reports_every_branch_position(tiny_llama_dir, tmp_path, monkeypatch, capsys):
-    code, out, err = run(
-        monkeypatch, capsys, "forking", "--model", str(tiny_llama_dir), "--limit", "2", "-k", "2",
+def test_forking_reports_every_branch_position(tiny_llama_dir, tmp_path, calmrl_cli):
+    code, out, err = calmrl_cli(
+        "analyze", "forking", "--model", str(tiny_llama_dir), "--limit", "2", "-k", "2",
         "--positions", "0,2", "--max-new-tokens", "6", "-o", str(tmp_path),
     )  # fmt: skip
     assert code == 0, err
@@ -94,11 +81,9 @@ def test_forking_reports_every_branch_position(tiny_llama_dir, tmp_path, monkeyp
     ],
     ids=lambda value: " ".join(value) if isinstance(value, list) else value,
 )
-def test_bad_options_give_one_line_exit_2_and_write_nothing(
-    args, expected, tmp_path, monkeypatch, capsys
-):
+def test_bad_options_give_one_line_exit_2_and_write_nothing(args, expected, tmp_path, calmrl_cli):
     output = tmp_path / "out"
-    code, out, err = run(monkeypatch, capsys, *args, "-o", str(output))
+    code, out, err = calmrl_cli("analyze", *args, "-o", str(output))
     assert code == 2, (out, err)
     err = err.strip()
     assert err.startswith("error: ") and "\n" not in err, err

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import numpy as np
 import pytest
@@ -11,7 +10,6 @@ import pytest
 import calmrl.analysis.plots as plots
 import calmrl.models
 import calmrl.rewards
-from calmrl import cli
 from calmrl.data import Problem, load_problems
 from calmrl.data.prompts import format_prompt
 from calmrl.eval.compare import default_ks, parse_ks, parse_method_spec, parse_method_specs
@@ -219,14 +217,6 @@ def test_plot_draws_every_method_on_each_figure(tiny, tmp_path, monkeypatch):
 # --- calmrl eval ------------------------------------------------------------------------------
 
 
-def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["calmrl", "eval", *args])
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main()
-    out, err = capsys.readouterr()
-    return exit_info.value.code or 0, out, err
-
-
 @pytest.fixture
 def tiny_loader(tiny, monkeypatch):
     loaded = []
@@ -252,12 +242,11 @@ def recomputed_metrics(result: EvalResult) -> dict[str, float]:
     return out
 
 
-def test_eval_cli_end_to_end(tiny_loader, tmp_path, monkeypatch, capsys):
+def test_eval_cli_end_to_end(tiny_loader, tmp_path, monkeypatch, calmrl_cli):
     monkeypatch.setattr(calmrl.rewards, "get_reward", lambda name, **kw: LengthVerifier())
     out_dir = tmp_path / "out"
-    code, out, err = run_cli(
-        monkeypatch,
-        capsys,
+    code, out, err = calmrl_cli(
+        "eval",
         *("-d", "arith-add-1", "--limit", "8", "--few-shot", "arith-add-1", "-n", "4"),
         *("-m", "constant:tau=0.6", "-m", "annealed=ead-paper", "--max-new-tokens", "12"),
         *("--batch-size", "8", "--seed", "3", "-o", str(out_dir), "--save-responses"),
@@ -294,10 +283,9 @@ def test_eval_cli_end_to_end(tiny_loader, tmp_path, monkeypatch, capsys):
     assert "constant:tau=0.6" in out and "annealed" in out and "pass@4" in out
 
 
-def test_eval_cli_with_the_math_verifier(tiny_loader, tmp_path, monkeypatch, capsys):
-    code, _, err = run_cli(
-        monkeypatch,
-        capsys,
+def test_eval_cli_with_the_math_verifier(tiny_loader, tmp_path, calmrl_cli):
+    code, _, err = calmrl_cli(
+        "eval",
         *("-d", "arith-add-1", "--limit", "2", "-n", "2", "-m", "ead-official"),
         *("--max-new-tokens", "6", "--number-fallback", "-o", str(tmp_path)),
     )
@@ -325,12 +313,12 @@ def test_eval_cli_with_the_math_verifier(tiny_loader, tmp_path, monkeypatch, cap
     ],
 )
 def test_eval_cli_bad_input_exits_2_writing_nothing(
-    args, tiny_loader, tmp_path, monkeypatch, capsys
+    args, tiny_loader, tmp_path, monkeypatch, calmrl_cli
 ):
     monkeypatch.chdir(tmp_path)
     out_dir = tmp_path / "out"
     dataset = [] if "-d" in args else ["-d", "arith-add-1"]
-    code, out, err = run_cli(monkeypatch, capsys, *dataset, "-n", "4", *args, "-o", str(out_dir))
+    code, out, err = calmrl_cli("eval", *dataset, "-n", "4", *args, "-o", str(out_dir))
     assert code == 2
     assert err.startswith("error: ") and err.count("\n") == 1, err
     assert out == ""

@@ -47,7 +47,7 @@ class ModelConfig(_Section):
     either way. ``auto``: bf16 on a bf16 GPU or a CPU with AMX-BF16 or AVX512-BF16, fp32
     elsewhere (bf16 matmuls are ~100x slower than fp32 on AVX2-only CPUs). Default None:
     fp32, whose behaviour and pi_old log-probs agree to ~1e-5; under bf16 they differ by up to
-    ~25% per token and TIS corrects it (docs/benchmarks.md section 1). ``calmrl demo`` runs
+    ~27% per token and TIS corrects it (docs/benchmarks.md section 1). ``calmrl demo`` runs
     with ``auto``. (fp16 would need loss scaling, so it is not offered.)"""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (less memory, ~30% more compute)."""
