@@ -8,7 +8,14 @@ import torch
 
 from calmrl.models import tiny_model
 from calmrl.sampling import HFBackend, Method
-from calmrl.sampling.random import derive_seed, mix64, row_seeds, sample_tokens, uniforms
+from calmrl.sampling.random import (
+    _invert,
+    derive_seed,
+    mix64,
+    row_seeds,
+    sample_tokens,
+    uniforms,
+)
 
 MASK = (1 << 64) - 1
 
@@ -90,3 +97,32 @@ def test_a_prompt_alone_and_inside_a_batch_of_16_gets_identical_tokens(method):
         torch.testing.assert_close(
             getattr(batch, name)[rows, :width][on], getattr(alone, name)[on], atol=1e-5, rtol=0
         )
+
+
+@pytest.mark.parametrize("vocab", [256, 700, 5000])
+def test_two_level_inverse_cdf_equals_one_cumsum_over_the_vocabulary(vocab):
+    """Block boundaries, a vocabulary that is no multiple of the block, empty blocks and all
+    mass on a block's edge tokens give the tokens of one float64 cumsum."""
+    generator = torch.Generator().manual_seed(vocab)
+    logits = torch.randn(512, vocab, generator=generator) * 3
+    logits[:128, 1:] = float("-inf")  # all mass on the first token
+    logits[128:256, :-1] = float("-inf")  # ... on the last (after the padding block, if any)
+    logits[256:384, 300 % vocab :] = float("-inf")  # whole empty blocks at the end
+    logits[256:384, 255] = 2.0  # a block's last token
+    log_probs = logits.log_softmax(-1)
+    seeds = row_seeds(5, 0, range(512), 1)
+    for t in range(3):
+        cdf = log_probs.exp().double().cumsum(-1)
+        target = uniforms(seeds, t).unsqueeze(-1) * cdf[:, -1:]
+        plain = torch.searchsorted(cdf, target, right=True).squeeze(-1)
+        got = sample_tokens(log_probs, seeds, t)
+        assert torch.equal(got, plain)
+    assert (sample_tokens(log_probs[:128], seeds[:128], 0) == 0).all()
+    assert (sample_tokens(log_probs[128:256], seeds[128:256], 0) == vocab - 1).all()
+
+
+def test_invert_takes_the_last_token_with_mass_when_the_target_reaches_the_end():
+    cdf = torch.tensor([[0.25, 0.25, 1.0, 1.0], [0.0, 0.5, 0.5, 0.5]], dtype=torch.float64)
+    assert _invert(cdf, torch.tensor([[1.0], [0.7]], dtype=torch.float64)).tolist() == [[2], [1]]
+    # A target on a step's value belongs to the next token with mass, never a zero-mass one.
+    assert _invert(cdf, torch.tensor([[0.25], [0.0]], dtype=torch.float64)).tolist() == [[2], [1]]

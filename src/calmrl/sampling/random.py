@@ -17,6 +17,7 @@ import math
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 
 _GAMMA = -7046029254386353131  # 0x9e3779b97f4a7c15 as a signed 64-bit integer
 _MUL1 = -4658895280553007687  # 0xbf58476d1ce4e5b9
@@ -65,6 +66,10 @@ def uniforms(seeds: torch.Tensor, t: int) -> torch.Tensor:
     return _shift_right(bits, 11).double() / float(1 << 53)
 
 
+# Vocabulary block of the two-level inverse CDF (``sample_tokens``).
+_BLOCK = 256
+
+
 def sample_tokens(log_probs: torch.Tensor, seeds: torch.Tensor, t: int) -> torch.Tensor:
     """Draw one token per row from ``softmax``-normalised ``log_probs`` [R, V] by inverse CDF.
 
@@ -72,16 +77,35 @@ def sample_tokens(log_probs: torch.Tensor, seeds: torch.Tensor, t: int) -> torch
     exactly 0: ``exp`` is ~15x slower where its input or result is subnormal or infinite (at
     tau = 0.1 over 49k tokens it took 18 of a step's 20 ms of sampling), and together such
     tokens hold < 2e-33 of the mass, far below the 2^-53 resolution of the uniform.
+
+    The CDF is inverted in two levels, the same token as one float64 cumsum over the whole
+    vocabulary up to float64 rounding of the prefix sums: block sums of ``_BLOCK`` tokens and
+    their cumsum find the block, then a cumsum of that block alone finds the token. A
+    float64 cumsum over ``[64, 49152]`` costs 8-13 ms on a 2-core CPU; the block sums ~1 ms.
     """
     floor = math.log(torch.finfo(log_probs.dtype).tiny) + 1.0
     probs = log_probs.clamp(min=floor).exp().masked_fill_(log_probs < floor, 0.0)
-    cdf = probs.double().cumsum(dim=-1)
-    total = cdf[:, -1:].contiguous()
-    target = uniforms(seeds, t).to(cdf.device).unsqueeze(-1) * total
-    token = torch.searchsorted(cdf, target, right=True)
-    # u * total can round up to total; the last token with mass is the one to take then.
-    last = torch.searchsorted(cdf, total, right=False)
-    return torch.minimum(token, last).squeeze(-1)
+    rows, vocab = probs.shape
+    blocks = -(-vocab // _BLOCK)
+    if blocks * _BLOCK != vocab:  # zero mass on the padding: never drawn
+        probs = F.pad(probs, (0, blocks * _BLOCK - vocab))
+    per_block = probs.view(rows, blocks, _BLOCK)
+    block_cdf = per_block.sum(-1, dtype=torch.float64).cumsum(-1)
+    target = uniforms(seeds, t).to(probs.device).unsqueeze(-1) * block_cdf[:, -1:]
+    block = _invert(block_cdf, target)
+    before = block_cdf.gather(-1, (block - 1).clamp(min=0)).masked_fill_(block == 0, 0.0)
+    chosen = per_block.gather(1, block.unsqueeze(-1).expand(-1, -1, _BLOCK)).squeeze(1)
+    inner_cdf = chosen.double().cumsum(-1) + before
+    return (block * _BLOCK + _invert(inner_cdf, target)).squeeze(-1)
+
+
+def _invert(cdf: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The first index whose ``cdf`` [R, N] exceeds ``target`` [R, 1]: zero-mass entries repeat
+    their predecessor's value and are never it. Where rounding puts the target at or past
+    the end, the last entry with mass (the first to reach the end value)."""
+    index = torch.searchsorted(cdf, target, right=True)
+    last = torch.searchsorted(cdf, cdf[:, -1:].contiguous(), right=False)
+    return torch.minimum(index, last)
 
 
 def derive_seed(*parts: int | str) -> int:
