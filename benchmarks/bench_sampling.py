@@ -7,10 +7,14 @@ Prints, from one interleaved run:
 - EAD wall time / constant-temperature wall time in the calmrl engine (target <= 1.02);
 - calmrl tokens/s / ``model.generate`` tokens/s at the same settings (target >= 2.0);
 - the machine's fp32 and bf16 matmul rate, measured in the same run, and each run's tokens/s
-  as a fraction of the limit it implies (~2 FLOPs per weight per token);
+  as a fraction of the limit it implies (~2 FLOPs per weight per token), and the share of the
+  FLOPs that are generated tokens rather than prompt prefill (the most that fraction can be);
 - the engine's own gains, each against the engine with one of them undone: in-place KV cache
   (vs HF's growing cache), bucketed prefill (vs one padded forward), freed memory kept in the
   heap (vs glibc's default mmap threshold);
+- the floor the model's kernels set: the engine's exact matmuls (with the model's own weights)
+  and attention calls timed alone, the engine / ``generate`` ratio that floor allows and the
+  fraction of the fp32 matmul rate an engine at the floor would run at;
 - peak resident memory of each.
 Tokens are generated tokens (EOS included, padding excluded); both stop rows at EOS, so the
 runs differ in how many tokens they generate. ``--ignore-eos`` runs every row to
@@ -23,8 +27,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(__file__))
 from common import alternate, decode_flops_per_token, machine, matmul_gflops, median, today
@@ -34,8 +40,71 @@ from calmrl.data.prompts import format_prompt
 from calmrl.models import load_model
 from calmrl.models.compat import keep_freed_memory
 from calmrl.sampling import generate
-from calmrl.sampling.prefill import DEFAULT_TOKEN_BUDGET
+from calmrl.sampling.prefill import DEFAULT_TOKEN_BUDGET, buckets
 from calmrl.sampling.schedules import PRESETS, ConstantSchedule
+
+
+def _seconds(run, repeats: int = 3) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return median(times)
+
+
+@torch.no_grad()
+def kernel_floor(model, lengths: list[int], batch: int, new_tokens: int) -> dict[str, float]:
+    """Seconds the engine's matmuls and attention take alone, at its exact shapes: prefill in
+    the engine's length-sorted buckets (last-position logits only), then ``new_tokens - 1``
+    decode steps of ``batch`` rows over a cache of the longest prompt plus the tokens so far.
+    Everything else a forward does (norms, RoPE, activations, residuals, Python) and the
+    sampling cost nothing here, so ``generate`` time / this floor bounds what any engine built
+    on these kernels can reach."""
+    head = model.get_output_embeddings()
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not head]
+    config = model.config
+    heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
+    dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    layers = config.num_hidden_layers
+    dtype = head.weight.dtype
+
+    def matmuls(rows: int, head_rows: int) -> float:
+        inputs = {m.in_features: torch.randn(rows, m.in_features, dtype=dtype) for m in linears}
+        last = torch.randn(head_rows, head.in_features, dtype=dtype)
+
+        def run():
+            for m in linears:
+                F.linear(inputs[m.in_features], m.weight)
+            F.linear(last, head.weight)
+
+        return _seconds(run)
+
+    def attention(rows: int, queries: int, keys: int) -> float:
+        # The layouts transformers' SDPA path passes on the CPU: one query position with the
+        # query heads packed onto their key/value heads; longer queries (prefill, masked)
+        # against keys and values repeated to every query head.
+        if queries == 1:
+            q = torch.randn(rows, kv_heads, heads // kv_heads, dim, dtype=dtype)
+            kv_shape = (rows, kv_heads, keys, dim)
+        else:
+            q = torch.randn(rows, heads, queries, dim, dtype=dtype)
+            kv_shape = (rows, heads, keys, dim)
+        k, v = torch.randn(kv_shape, dtype=dtype), torch.randn(kv_shape, dtype=dtype)
+        mask = torch.ones(rows, 1, queries, keys, dtype=torch.bool).tril(keys - queries)
+        return layers * _seconds(lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
+
+    floor = {"prefill matmuls": 0.0, "prefill attention": 0.0}
+    for bucket in buckets(lengths, DEFAULT_TOKEN_BUDGET):
+        width = max(lengths[i] for i in bucket)
+        floor["prefill matmuls"] += matmuls(len(bucket) * width, len(bucket))
+        floor["prefill attention"] += attention(len(bucket), width, width)
+    steps, width = new_tokens - 1, max(lengths)
+    floor["decode matmuls"] = steps * matmuls(batch, batch)
+    # Attention grows linearly with the cache: the mean of its first and last step, per step.
+    ends = (attention(batch, 1, width + 1) + attention(batch, 1, width + steps)) / 2
+    floor["decode attention"] = steps * ends
+    return floor
 
 
 def main() -> None:
@@ -143,8 +212,14 @@ def main() -> None:
     work = tokens["engine constant"] * flops + int(encoded["attention_mask"].sum()) * (
         flops - 2 * head
     )
+    generated_share = tokens["engine constant"] * flops / work
+    print(
+        f"the generated tokens are {generated_share:.1%} of the FLOPs (the rest is the prompts' "
+        f"prefill): by generated tokens, no engine exceeds {generated_share:.1%} of the limit"
+    )
+    peaks = {}
     for dtype in (torch.float32, torch.bfloat16):
-        peak = matmul_gflops(dtype)
+        peak = peaks[dtype] = matmul_gflops(dtype)
         limit = peak * 1e9 / flops
         used = work / median(times["engine constant"]) / (peak * 1e9)
         print(
@@ -153,6 +228,17 @@ def main() -> None:
             f"of it, HF generate {rate['HF generate'] / limit:.1%}; counting the prompts' "
             f"prefill FLOPs too, the engine runs at {used:.1%} of the matmul rate"
         )
+    lengths = encoded["attention_mask"].sum(-1).tolist()
+    floor = kernel_floor(model, lengths, len(prompts), args.max_new_tokens)
+    total = sum(floor.values())
+    engine_s, hf_s = median(times["engine constant"]), median(times["HF generate"])
+    parts = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in floor.items())
+    print(
+        f"kernels alone at the engine's shapes ({parts}): floor {total:.2f} s; engine constant "
+        f"{engine_s:.2f} s = {engine_s / total:.2f}x the floor; engine / HF generate can reach "
+        f"at most {hf_s / total:.2f} with these kernels and nothing else costing time, and "
+        f"would run at {work / total / (peaks[torch.float32] * 1e9):.1%} of the fp32 matmul rate"
+    )
 
 
 if __name__ == "__main__":
