@@ -28,9 +28,11 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from transformers import PreTrainedModel
 
 sys.path.insert(0, os.path.dirname(__file__))
 from common import alternate, decode_flops_per_token, machine, matmul_gflops, median, today
@@ -44,7 +46,7 @@ from calmrl.sampling.prefill import DEFAULT_TOKEN_BUDGET, buckets
 from calmrl.sampling.schedules import PRESETS, ConstantSchedule
 
 
-def _seconds(run, repeats: int = 3) -> float:
+def _seconds(run: Callable[[], object], repeats: int = 3) -> float:
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -54,7 +56,9 @@ def _seconds(run, repeats: int = 3) -> float:
 
 
 @torch.no_grad()
-def kernel_floor(model, lengths: list[int], batch: int, new_tokens: int) -> dict[str, float]:
+def kernel_floor(
+    model: PreTrainedModel, lengths: list[int], batch: int, new_tokens: int
+) -> dict[str, float]:
     """Seconds the engine's matmuls and attention take alone, at its exact shapes: prefill in
     the engine's length-sorted buckets (last-position logits only), then ``new_tokens - 1``
     decode steps of ``batch`` rows over a cache of the longest prompt plus the tokens so far.
@@ -73,7 +77,7 @@ def kernel_floor(model, lengths: list[int], batch: int, new_tokens: int) -> dict
         inputs = {m.in_features: torch.randn(rows, m.in_features, dtype=dtype) for m in linears}
         last = torch.randn(head_rows, head.in_features, dtype=dtype)
 
-        def run():
+        def run() -> None:
             for m in linears:
                 F.linear(inputs[m.in_features], m.weight)
             F.linear(last, head.weight)

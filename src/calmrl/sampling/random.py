@@ -80,8 +80,9 @@ def sample_tokens(log_probs: torch.Tensor, seeds: torch.Tensor, t: int) -> torch
 
     The CDF is inverted in two levels, the same token as one float64 cumsum over the whole
     vocabulary up to float64 rounding of the prefix sums: block sums of ``_BLOCK`` tokens and
-    their cumsum find the block, then a cumsum of that block alone finds the token. A
-    float64 cumsum over ``[64, 49152]`` costs 8-13 ms on a 2-core CPU; the block sums ~1 ms.
+    their cumsum find the block, then a cumsum of that block alone finds the token. In a
+    SmolLM2 decode step at 64 rows (49152 tokens, 2-core Xeon, torch.profiler) the flat
+    float64 cumsum took 7.6 ms; the two levels take about 4 ms.
     """
     floor = math.log(torch.finfo(log_probs.dtype).tiny) + 1.0
     probs = log_probs.clamp(min=floor).exp().masked_fill_(log_probs < floor, 0.0)
