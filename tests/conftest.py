@@ -33,6 +33,25 @@ def tiny_llama_dir(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="session")
+def load_benchmark():
+    """Import a script of ``benchmarks/`` by name (they are scripts, not a package)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / "benchmarks"
+    sys.path.insert(0, str(folder))  # for their ``from common import ...``
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
+
+
 @pytest.fixture
 def calmrl_cli(monkeypatch, capsys):
     """Run ``calmrl ARGS...`` in this process; returns (exit code, stdout, stderr)."""

@@ -1,27 +1,15 @@
 """The benchmark's kernel floor times exactly the matmul and attention shapes the engine runs."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch.nn.functional as F
 
 from calmrl.sampling import generate
 from calmrl.sampling.schedules import ConstantSchedule
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
-def bench():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    spec = importlib.util.spec_from_file_location(
-        "bench_sampling", ROOT / "benchmarks/bench_sampling.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def bench(load_benchmark):
+    return load_benchmark("bench_sampling")
 
 
 def _recorded_shapes(monkeypatch, run) -> tuple[set, set]:

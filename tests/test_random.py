@@ -52,6 +52,13 @@ def test_sample_tokens_draws_from_the_distribution_and_never_a_zero_mass_token()
     assert frequencies[1] == 0 and frequencies[4] == 0
 
 
+def _plain_inverse_cdf(log_probs: torch.Tensor, seeds: torch.Tensor, t: int) -> torch.Tensor:
+    """The reference: plain ``exp``, one float64 cumsum over the vocabulary, one search."""
+    cdf = log_probs.exp().double().cumsum(-1)
+    target = uniforms(seeds, t).unsqueeze(-1) * cdf[:, -1:]
+    return torch.searchsorted(cdf, target, right=True).squeeze(-1)
+
+
 def test_sharp_distributions_give_the_tokens_of_the_plain_inverse_cdf():
     """Masses below 3.2e-38 are dropped for speed: the tokens equal those of exp + cumsum."""
     generator = torch.Generator().manual_seed(0)
@@ -61,11 +68,8 @@ def test_sharp_distributions_give_the_tokens_of_the_plain_inverse_cdf():
     assert (log_probs[torch.isfinite(log_probs)] < -87.3).float().mean() > 0.5
     seeds = row_seeds(1, 2, range(256), 1)
     for t in range(4):
-        cdf = log_probs.exp().double().cumsum(-1)
-        target = uniforms(seeds, t).unsqueeze(-1) * cdf[:, -1:]
-        plain = torch.searchsorted(cdf, target, right=True).squeeze(-1)
         got = sample_tokens(log_probs, seeds, t)
-        assert torch.equal(got, plain)
+        assert torch.equal(got, _plain_inverse_cdf(log_probs, seeds, t))
         assert torch.isfinite(log_probs.gather(-1, got[:, None])).all()
 
 
@@ -112,11 +116,9 @@ def test_two_level_inverse_cdf_equals_one_cumsum_over_the_vocabulary(vocab):
     log_probs = logits.log_softmax(-1)
     seeds = row_seeds(5, 0, range(512), 1)
     for t in range(3):
-        cdf = log_probs.exp().double().cumsum(-1)
-        target = uniforms(seeds, t).unsqueeze(-1) * cdf[:, -1:]
-        plain = torch.searchsorted(cdf, target, right=True).squeeze(-1)
-        got = sample_tokens(log_probs, seeds, t)
-        assert torch.equal(got, plain)
+        assert torch.equal(
+            sample_tokens(log_probs, seeds, t), _plain_inverse_cdf(log_probs, seeds, t)
+        )
     assert (sample_tokens(log_probs[:128], seeds[:128], 0) == 0).all()
     assert (sample_tokens(log_probs[128:256], seeds[128:256], 0) == vocab - 1).all()
 

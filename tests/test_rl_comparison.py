@@ -1,9 +1,5 @@
 """The comparison's report: per-seed means and paired differences equal a direct computation."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -11,18 +7,10 @@ from calmrl.eval.metrics import bootstrap_ci, pass_at_k
 from calmrl.eval.runner import EvalResult, ProblemResult
 from calmrl.io import write_json
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
-def comparison():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    spec = importlib.util.spec_from_file_location(
-        "rl_comparison", ROOT / "benchmarks/rl_comparison.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def comparison(load_benchmark):
+    return load_benchmark("rl_comparison")
 
 
 def fake_eval(correct: list[int], n: int = 4) -> dict:
