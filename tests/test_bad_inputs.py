@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from calmrl import cli
+from calmrl.data import resolve_data_dir
 
 WORKSPACE_FILES = {
     "bad.jsonl": '{"question": "1+1", "answer": "2"}\n{oops\n',
@@ -245,8 +246,15 @@ RECIPES = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
 def test_every_recipe_passes_check_here_or_says_in_one_line_why_not(
     recipe, tmp_path, monkeypatch, capsys
 ):
-    """CPU recipes pass ``calmrl train --check``; GPU recipes name the missing device."""
+    """CPU recipes pass ``calmrl train --check``; GPU recipes name the missing device, and
+    recipes on a preset dataset name the missing data directory where there is none."""
     import torch
+
+    try:
+        resolve_data_dir()
+        has_data = True
+    except FileNotFoundError:
+        has_data = False
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["calmrl", "train", "--check", "--config", str(recipe)])
@@ -262,6 +270,10 @@ def test_every_recipe_passes_check_here_or_says_in_one_line_why_not(
         assert code == 2 and err == (
             "error: model.device: cuda: this machine has no CUDA device; use model.device=cpu"
         )
+    elif not has_data and code == 2:
+        err = captured.err.strip()
+        assert "\n" not in err and err.startswith("error: data.")
+        assert "no data directory found: set CALMRL_DATA_DIR=" in err
     else:
         assert code in (0, None), captured.err
         assert "ok: the run can start" in captured.out
