@@ -11,7 +11,8 @@ Prints, from one interleaved run:
   FLOPs that are generated tokens rather than prompt prefill (the most that fraction can be);
 - the engine's own gains, each against the engine with one of them undone: in-place KV cache
   (vs HF's growing cache), bucketed prefill (vs one padded forward), freed memory kept in the
-  heap (vs glibc's default mmap threshold);
+  heap (vs glibc's default mmap threshold), the linear kernel ``auto`` picks (vs the other:
+  oneDNN on AMD CPUs with AVX-512, PyTorch's default elsewhere);
 - the floor the model's kernels set: the engine's exact matmuls (with the model's own weights)
   and attention calls timed alone, the engine / ``generate`` ratio that floor allows and the
   fraction of the fp32 matmul rate an engine at the floor would run at;
@@ -41,6 +42,7 @@ from calmrl.data import load_problems
 from calmrl.data.prompts import format_prompt
 from calmrl.models import load_model
 from calmrl.models.compat import keep_freed_memory
+from calmrl.models.linear_kernel import onednn_available, onednn_linear, resolve_linear_kernel
 from calmrl.sampling import generate
 from calmrl.sampling.prefill import DEFAULT_TOKEN_BUDGET, buckets
 from calmrl.sampling.schedules import PRESETS, ConstantSchedule
@@ -57,14 +59,20 @@ def _seconds(run: Callable[[], object], repeats: int = 3) -> float:
 
 @torch.no_grad()
 def kernel_floor(
-    model: PreTrainedModel, lengths: list[int], batch: int, new_tokens: int
+    model: PreTrainedModel,
+    lengths: list[int],
+    batch: int,
+    new_tokens: int,
+    linear: Callable[..., torch.Tensor] | None = None,
 ) -> dict[str, float]:
     """Seconds the engine's matmuls and attention take alone, at its exact shapes: prefill in
     the engine's length-sorted buckets (last-position logits only), then ``new_tokens - 1``
     decode steps of ``batch`` rows over a cache of the longest prompt plus the tokens so far.
     Everything else a forward does (norms, RoPE, activations, residuals, Python) and the
     sampling cost nothing here, so ``generate`` time / this floor bounds what any engine built
-    on these kernels can reach."""
+    on these kernels can reach. ``linear`` is the matmul the engine's linear layers run
+    (default ``F.linear``)."""
+    linear = linear or F.linear
     head = model.get_output_embeddings()
     linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not head]
     config = model.config
@@ -79,8 +87,8 @@ def kernel_floor(
 
         def run() -> None:
             for m in linears:
-                F.linear(inputs[m.in_features], m.weight)
-            F.linear(last, head.weight)
+                linear(inputs[m.in_features], m.weight)
+            linear(last, head.weight)
 
         return _seconds(run)
 
@@ -128,7 +136,13 @@ def main() -> None:
     encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
     eos = tokenizer.eos_token_id
 
-    def engine(schedule, preallocate_cache=True, prefill_tokens=DEFAULT_TOKEN_BUDGET, tuned=True):
+    def engine(
+        schedule,
+        preallocate_cache=True,
+        prefill_tokens=DEFAULT_TOKEN_BUDGET,
+        tuned=True,
+        linear_kernel="auto",
+    ):
         def run():
             keep_freed_memory(tuned)
             r = generate(
@@ -141,6 +155,7 @@ def main() -> None:
                 ignore_eos=args.ignore_eos,
                 preallocate_cache=preallocate_cache,
                 prefill_tokens=prefill_tokens,
+                linear_kernel=linear_kernel,
             )
             keep_freed_memory(True)
             return int(r.response_mask.sum())
@@ -175,6 +190,13 @@ def main() -> None:
         "engine constant, glibc default mmap": engine(ConstantSchedule(1.0), tuned=False),
         "HF generate": hf_generate,
     }
+    # The linear kernel auto picks on this machine, and the other one for comparison.
+    kernel = resolve_linear_kernel("auto", torch.device("cpu"))
+    other = "torch" if kernel == "onednn" else "onednn"
+    if onednn_available():
+        runs[f"engine constant, linear kernel {other}"] = engine(
+            ConstantSchedule(1.0), linear_kernel=other
+        )
     engine(ConstantSchedule(1.0))()  # warm-up: allocator, kernels
     times, tokens, peaks = alternate(runs, args.repeats)
 
@@ -206,7 +228,10 @@ def main() -> None:
         ("HF DynamicCache", "in-place KV cache / HF DynamicCache"),
         ("one padded prefill", "bucketed prefill / one padded prefill"),
         ("glibc default mmap", "freed memory kept / glibc default"),
+        (f"linear kernel {other}", f"linear kernel {kernel} (auto) / {other}"),
     ):
+        if f"engine constant, {variant}" not in rate:
+            continue
         gain = rate["engine constant"] / rate[f"engine constant, {variant}"]
         print(f"{what} in the engine, tokens/s: {gain:.2f}")
     # The machine's ceiling, measured in the same run: tokens/s as a fraction of it.
@@ -233,12 +258,14 @@ def main() -> None:
             f"prefill FLOPs too, the engine runs at {used:.1%} of the matmul rate"
         )
     lengths = encoded["attention_mask"].sum(-1).tolist()
-    floor = kernel_floor(model, lengths, len(prompts), args.max_new_tokens)
+    linear = onednn_linear if kernel == "onednn" else F.linear
+    floor = kernel_floor(model, lengths, len(prompts), args.max_new_tokens, linear)
     total = sum(floor.values())
     engine_s, hf_s = median(times["engine constant"]), median(times["HF generate"])
     parts = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in floor.items())
     print(
-        f"kernels alone at the engine's shapes ({parts}): floor {total:.2f} s; engine constant "
+        f"kernels alone at the engine's shapes, linear kernel {kernel} ({parts}): "
+        f"floor {total:.2f} s; engine constant "
         f"{engine_s:.2f} s = {engine_s / total:.2f}x the floor; engine / HF generate can reach "
         f"at most {hf_s / total:.2f} with these kernels and nothing else costing time, and "
         f"would run at {work / total / (peaks[torch.float32] * 1e9):.1%} of the fp32 matmul rate"

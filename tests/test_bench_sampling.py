@@ -42,7 +42,7 @@ def test_kernel_floor_times_the_engines_shapes(bench, tiny, monkeypatch):
         monkeypatch,
         lambda: generate(
             model, tokenizer, prompts, ConstantSchedule(1.0), max_new_tokens=new_tokens,
-            seed=0, ignore_eos=True,
+            seed=0, ignore_eos=True, linear_kernel="torch",  # F.linear, which is recorded
         ),
     )  # fmt: skip
     floor = {}

@@ -45,14 +45,16 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("kernel", ["torch", "onednn"])  # the full forward runs F.linear
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3"])
 @pytest.mark.parametrize(("name", "schedule", "truncation"), CASES, ids=[c[0] for c in CASES])
-def test_recorded_logprobs_match_full_forward(arch, name, schedule, truncation):
+def test_recorded_logprobs_match_full_forward(arch, name, schedule, truncation, kernel):
     model, tokenizer = tiny_model(arch, seed=1)
     step = 7
     rollouts = generate(
-        model, tokenizer, PROMPTS, schedule, n=3, max_new_tokens=24, seed=0, step=step, **truncation
-    )
+        model, tokenizer, PROMPTS, schedule, n=3, max_new_tokens=24, seed=0, step=step,
+        linear_kernel=kernel, **truncation,
+    )  # fmt: skip
     assert rollouts.response_ids.shape[0] == len(PROMPTS) * 3
     expected = recompute(model, rollouts, schedule, step=step, **truncation)
     on = rollouts.response_mask.bool()

@@ -86,16 +86,27 @@ def check_device(name: str) -> torch.device:
     return device
 
 
-def cpu_flags() -> set[str]:
-    """The CPU's feature flags (``/proc/cpuinfo``; empty where it cannot be read)."""
+def _cpuinfo(field: str) -> str:
+    """The first CPU's ``field`` in ``/proc/cpuinfo`` (empty where it cannot be read)."""
     try:
         with open("/proc/cpuinfo") as handle:
             for line in handle:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
+                name, _, value = line.partition(":")
+                if name.strip() == field:
+                    return value.strip()
     except OSError:
         pass
-    return set()
+    return ""
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (empty where they cannot be read)."""
+    return set(_cpuinfo("flags").split())
+
+
+def cpu_vendor() -> str:
+    """The CPU's vendor id, e.g. ``GenuineIntel`` or ``AuthenticAMD`` (empty if unknown)."""
+    return _cpuinfo("vendor_id")
 
 
 # CPU flags whose bf16 matmuls beat fp32. Measured (docs/benchmarks.md section 1): AMX-BF16

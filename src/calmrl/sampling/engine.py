@@ -30,6 +30,7 @@ from calmrl.models.compat import (
     supports_logits_to_keep,
 )
 from calmrl.models.functional import entropy_from_logits, positions_from_mask
+from calmrl.models.linear_kernel import LinearKernel, use_linear_kernel
 from calmrl.sampling.backend import register_backend
 from calmrl.sampling.methods import Method, make_method_sampler
 from calmrl.sampling.prefill import DEFAULT_TOKEN_BUDGET, left_pad, prefill
@@ -83,6 +84,7 @@ def generate(
     progress: Callable[[int], None] | None = None,
     preallocate_cache: bool = True,
     prefill_tokens: int = DEFAULT_TOKEN_BUDGET,
+    linear_kernel: LinearKernel = "auto",
 ) -> Rollouts:
     """Sample ``n`` responses per prompt; rows of one prompt are adjacent (``group_index``).
 
@@ -100,7 +102,9 @@ def generate(
     growing ``DynamicCache`` instead (same numbers; for comparison). Prompts are prefilled
     in length-sorted buckets of at most ``prefill_tokens`` padded tokens
     (``calmrl.sampling.prefill``): no compute on padding, memory bounded. In bf16 on the CPU,
-    decode-step attention packs grouped queries (``calmrl.models.attention``).
+    decode-step attention packs grouped queries (``calmrl.models.attention``). fp32 linear
+    layers run on ``linear_kernel`` (``calmrl.models.linear_kernel``; ``auto``: oneDNN on AMD
+    CPUs, PyTorch's default elsewhere).
     """
     if n < 1:
         raise ValueError(f"n: must be >= 1, got {n}")
@@ -126,7 +130,8 @@ def generate(
     # Whole groups per batch, so each prompt is prefilled once and its cache shared by n rows.
     prompts_per_batch = max(1, (batch_size or n * len(encoded)) // n)
     parts = []
-    with bf16_decode_attention():  # routes nothing outside bf16 on the CPU
+    # Each routes nothing outside its case: bf16 on the CPU; fp32 on an AMD CPU.
+    with bf16_decode_attention(), use_linear_kernel(model, linear_kernel):
         for start in range(0, len(encoded), prompts_per_batch):
             part = _generate_batch(
                 model,
