@@ -11,9 +11,8 @@ Prints, from one interleaved run:
   FLOPs that are generated tokens rather than prompt prefill (the most that fraction can be);
 - the engine's own gains, each against the engine with one of them undone: in-place KV cache
   (vs HF's growing cache), bucketed prefill (vs one padded forward), freed memory kept in the
-  heap (vs glibc's default mmap threshold), the linear kernel and the fp32 decode attention
-  ``auto`` picks (vs the other: on AMD CPUs with AVX-512 oneDNN and two matmuls, PyTorch's
-  defaults elsewhere);
+  heap (vs glibc's default mmap threshold), the linear kernel ``auto`` picks (vs the other:
+  oneDNN on AMD CPUs with AVX-512, PyTorch's default elsewhere);
 - the floor the model's kernels set: the engine's exact matmuls (with the model's own weights)
   and attention calls timed alone, the engine / ``generate`` ratio that floor allows and the
   fraction of the fp32 matmul rate an engine at the floor would run at;
@@ -42,7 +41,6 @@ from common import alternate, decode_flops_per_token, machine, matmul_gflops, me
 from calmrl.data import load_problems
 from calmrl.data.prompts import format_prompt
 from calmrl.models import load_model
-from calmrl.models.attention import matmul_decode_attention, resolve_fp32_decode_attention
 from calmrl.models.compat import keep_freed_memory
 from calmrl.models.linear_kernel import onednn_available, onednn_linear, resolve_linear_kernel
 from calmrl.sampling import generate
@@ -66,7 +64,6 @@ def kernel_floor(
     batch: int,
     new_tokens: int,
     linear: Callable[..., torch.Tensor] | None = None,
-    matmul_attention: bool = False,
 ) -> dict[str, float]:
     """Seconds the engine's matmuls and attention take alone, at its exact shapes: prefill in
     the engine's length-sorted buckets (last-position logits only), then ``new_tokens - 1``
@@ -74,8 +71,7 @@ def kernel_floor(
     Everything else a forward does (norms, RoPE, activations, residuals, Python) and the
     sampling cost nothing here, so ``generate`` time / this floor bounds what any engine built
     on these kernels can reach. ``linear`` is the matmul the engine's linear layers run
-    (default ``F.linear``); ``matmul_attention``: the decode steps' attention is the engine's
-    fp32 matmul route rather than SDPA."""
+    (default ``F.linear``)."""
     linear = linear or F.linear
     head = model.get_output_embeddings()
     linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not head]
@@ -108,9 +104,6 @@ def kernel_floor(
             kv_shape = (rows, heads, keys, dim)
         k, v = torch.randn(kv_shape, dtype=dtype), torch.randn(kv_shape, dtype=dtype)
         mask = torch.ones(rows, 1, queries, keys, dtype=torch.bool).tril(keys - queries)
-        if queries == 1 and matmul_attention:
-            q = q.reshape(rows, heads, 1, dim)
-            return layers * _seconds(lambda: matmul_decode_attention(q, k, v, mask, None))
         return layers * _seconds(lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
 
     floor = {"prefill matmuls": 0.0, "prefill attention": 0.0}
@@ -149,7 +142,6 @@ def main() -> None:
         prefill_tokens=DEFAULT_TOKEN_BUDGET,
         tuned=True,
         linear_kernel="auto",
-        fp32_decode_attention="auto",
     ):
         def run():
             keep_freed_memory(tuned)
@@ -164,7 +156,6 @@ def main() -> None:
                 preallocate_cache=preallocate_cache,
                 prefill_tokens=prefill_tokens,
                 linear_kernel=linear_kernel,
-                fp32_decode_attention=fp32_decode_attention,
             )
             keep_freed_memory(True)
             return int(r.response_mask.sum())
@@ -206,11 +197,6 @@ def main() -> None:
         runs[f"engine constant, linear kernel {other}"] = engine(
             ConstantSchedule(1.0), linear_kernel=other
         )
-    route = resolve_fp32_decode_attention("auto", torch.device("cpu"))
-    other_route = "sdpa" if route == "matmul" else "matmul"
-    runs[f"engine constant, fp32 decode attention {other_route}"] = engine(
-        ConstantSchedule(1.0), fp32_decode_attention=other_route
-    )
     engine(ConstantSchedule(1.0))()  # warm-up: allocator, kernels
     times, tokens, peaks = alternate(runs, args.repeats)
 
@@ -243,10 +229,6 @@ def main() -> None:
         ("one padded prefill", "bucketed prefill / one padded prefill"),
         ("glibc default mmap", "freed memory kept / glibc default"),
         (f"linear kernel {other}", f"linear kernel {kernel} (auto) / {other}"),
-        (
-            f"fp32 decode attention {other_route}",
-            f"fp32 decode attention {route} (auto) / {other_route}",
-        ),
     ):
         if f"engine constant, {variant}" not in rate:
             continue
@@ -277,15 +259,12 @@ def main() -> None:
         )
     lengths = encoded["attention_mask"].sum(-1).tolist()
     linear = onednn_linear if kernel == "onednn" else F.linear
-    floor = kernel_floor(
-        model, lengths, len(prompts), args.max_new_tokens, linear, route == "matmul"
-    )
+    floor = kernel_floor(model, lengths, len(prompts), args.max_new_tokens, linear)
     total = sum(floor.values())
     engine_s, hf_s = median(times["engine constant"]), median(times["HF generate"])
     parts = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in floor.items())
     print(
-        f"kernels alone at the engine's shapes, linear kernel {kernel}, decode attention "
-        f"{route} ({parts}): "
+        f"kernels alone at the engine's shapes, linear kernel {kernel} ({parts}): "
         f"floor {total:.2f} s; engine constant "
         f"{engine_s:.2f} s = {engine_s / total:.2f}x the floor; engine / HF generate can reach "
         f"at most {hf_s / total:.2f} with these kernels and nothing else costing time, and "

@@ -1,6 +1,6 @@
-"""The decode-step attention routes (``calmrl.models.attention``: packed bf16 SDPA, fp32 as
-two matmuls) and the autocast-dtype KV cache: the same attention as transformers' SDPA path,
-routed only where it applies, and the registry left as it was."""
+"""The packed bf16 decode attention (``calmrl.models.attention``) and the autocast-dtype KV
+cache: the same attention as transformers' SDPA path, routed only where it applies, and the
+registry left as it was."""
 
 from __future__ import annotations
 
@@ -9,13 +9,7 @@ import torch
 import torch.nn.functional as F
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from calmrl.models import attention
-from calmrl.models.attention import (
-    decode_attention,
-    matmul_decode_attention,
-    packed_decode_attention,
-    resolve_fp32_decode_attention,
-)
+from calmrl.models.attention import bf16_decode_attention, packed_decode_attention
 from calmrl.models.compat import cache_kwargs
 from calmrl.sampling import generate
 from calmrl.sampling.kv_cache import preallocated_cache
@@ -57,12 +51,13 @@ def test_the_registry_routes_only_bf16_single_query_calls_and_is_restored():
     original = ALL_ATTENTION_FUNCTIONS["sdpa"]
     calls = []
     module = _Module()
-    with decode_attention(fp32="sdpa"):
+    with bf16_decode_attention():
         routed = ALL_ATTENTION_FUNCTIONS["sdpa"]
         assert routed is not original
-        with decode_attention(fp32="matmul"):  # nested: nothing changes
+        with bf16_decode_attention():  # nested: nothing changes
             assert ALL_ATTENTION_FUNCTIONS["sdpa"] is routed
         query, key = torch.randn(2, 6, 1, 8), torch.randn(2, 2, 5, 8)
+        import calmrl.models.attention as attention
 
         real = attention.packed_decode_attention
         attention.packed_decode_attention = lambda *a: calls.append(a) or real(*a)
@@ -111,71 +106,3 @@ def test_fp32_rollouts_do_not_change_and_bf16_rollouts_follow_a_full_forward(tin
     full = full.gather(-1, bf16.response_ids[..., None]).squeeze(-1)
     on = bf16.response_mask.bool()
     assert (full[on] - bf16.logprobs[on]).abs().max() < 0.1
-
-
-def _masks(rows: int, keys: int) -> dict[str, torch.Tensor | None]:
-    boolean = torch.ones(rows, 1, 1, keys, dtype=torch.bool)
-    boolean[1, ..., :4] = False  # left padding of row 1
-    additive = torch.zeros(rows, 1, 1, keys).masked_fill(~boolean, float("-inf"))
-    return {"none": None, "bool": boolean, "additive": additive}
-
-
-@pytest.mark.parametrize("mask_kind", ["none", "bool", "additive"])
-@pytest.mark.parametrize("kv_heads", [2, 6], ids=["gqa", "mha"])
-def test_matmul_attention_equals_sdpa_over_repeated_heads(mask_kind, kv_heads):
-    gen = torch.Generator().manual_seed(1)
-    query = torch.randn(5, 6, 1, 16, generator=gen)
-    key = torch.randn(5, kv_heads, 11, 16, generator=gen)
-    value = torch.randn(5, kv_heads, 11, 16, generator=gen)
-    mask = _masks(5, 11)[mask_kind]
-    boolean = _masks(5, 11)["bool"] if mask_kind != "none" else None
-    expected = grouped_reference(query, key, value, boolean)
-    for scaling in (None, 0.3):
-        got = matmul_decode_attention(query, key, value, mask, scaling)
-        assert got.shape == (5, 1, 6, 16) and got.is_contiguous()
-        if scaling is None:
-            torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
-    scaled = F.scaled_dot_product_attention(
-        query, key.repeat_interleave(6 // kv_heads, 1), value.repeat_interleave(6 // kv_heads, 1),
-        attn_mask=boolean, scale=0.3,
-    ).transpose(1, 2)  # fmt: skip
-    torch.testing.assert_close(got, scaled, atol=1e-6, rtol=1e-5)
-
-
-def test_the_fp32_matmul_route_takes_only_fp32_single_query_calls():
-    module = _Module()
-    query, key = torch.randn(2, 6, 1, 8), torch.randn(2, 2, 5, 8)
-    calls = []
-    real = attention.matmul_decode_attention
-    attention.matmul_decode_attention = lambda *a: calls.append(a) or real(*a)
-    try:
-        with decode_attention(fp32="matmul") as route:
-            assert route == "matmul"
-            routed = ALL_ATTENTION_FUNCTIONS["sdpa"]
-            out, _ = routed(module, query, key, key, None)
-            assert len(calls) == 1 and out.shape == (2, 1, 6, 8)
-            routed(module, query.bfloat16(), key.bfloat16(), key.bfloat16(), None)  # packed
-            routed(module, torch.randn(2, 6, 3, 8), key, key, None)  # prefill: transformers'
-            per_head = torch.ones(2, 6, 1, 5, dtype=torch.bool)  # a mask per head
-            routed(module, query, key, key, per_head)
-            with torch.autocast("cpu", dtype=torch.bfloat16):  # computes in bf16: packed
-                routed(module, query, key, key, None)
-        assert len(calls) == 1
-        # Soft-capped scores are left to transformers.
-        assert not attention._matmul_eligible(module, query, key, None, 0.0, {"softcap": 30.0})
-    finally:
-        attention.matmul_decode_attention = real
-
-
-@pytest.mark.parametrize(
-    ("slow", "device", "expected"),
-    [(True, "cpu", "matmul"), (False, "cpu", "sdpa"), (True, "cuda", "sdpa")],
-)
-def test_auto_takes_the_matmul_route_only_where_mkl_is_slow_on_the_cpu(
-    monkeypatch, slow, device, expected
-):
-    monkeypatch.setattr(attention, "mkl_fp32_is_slow", lambda: slow)
-    assert resolve_fp32_decode_attention("auto", torch.device(device)) == expected
-    assert resolve_fp32_decode_attention("sdpa", torch.device(device)) == "sdpa"
-    with pytest.raises(ValueError, match="decode_attention: must be one of auto, sdpa, matmul"):
-        resolve_fp32_decode_attention("flash", torch.device(device))

@@ -42,8 +42,7 @@ def test_kernel_floor_times_the_engines_shapes(bench, tiny, monkeypatch):
         monkeypatch,
         lambda: generate(
             model, tokenizer, prompts, ConstantSchedule(1.0), max_new_tokens=new_tokens,
-            seed=0, ignore_eos=True,
-            linear_kernel="torch", fp32_decode_attention="sdpa",  # the recorded functions
+            seed=0, ignore_eos=True, linear_kernel="torch",  # F.linear, which is recorded
         ),
     )  # fmt: skip
     floor = {}
@@ -75,19 +74,3 @@ def test_kernel_floor_scales_decode_with_the_steps(bench, tiny, monkeypatch):
     assert floor["decode attention"] == 8.0 * layers
     assert floor["prefill matmuls"] == 1.0  # both prompts in one bucket
     assert floor["prefill attention"] == 1.0 * layers
-
-
-def test_kernel_floor_times_the_matmul_route_for_decode_attention_when_asked(
-    bench, tiny, monkeypatch
-):
-    model, _ = tiny
-    calls = []
-    real = bench.matmul_decode_attention
-    monkeypatch.setattr(bench, "_seconds", lambda run, repeats=3: (run(), 1.0)[1])
-    monkeypatch.setattr(
-        bench, "matmul_decode_attention", lambda q, k, *a: calls.append(k.shape) or real(q, k, *a)
-    )
-    bench.kernel_floor(model, [4, 6], batch=2, new_tokens=9)
-    assert calls == []
-    bench.kernel_floor(model, [4, 6], batch=2, new_tokens=9, matmul_attention=True)
-    assert [shape[-2] for shape in calls] == [7, 14]  # the first and the last decode step

@@ -17,26 +17,19 @@ CPU = torch.device("cpu")
 
 
 @pytest.mark.parametrize(
-    ("vendor", "flags", "slow"),
+    ("vendor", "flags", "device", "expected"),
     [
-        ("AuthenticAMD", {"avx2", "avx512f"}, True),
-        ("AuthenticAMD", {"avx2"}, False),  # unmeasured: keep the defaults
-        ("GenuineIntel", {"avx2", "avx512f", "amx_bf16"}, False),
-        ("", set(), False),  # /proc/cpuinfo unreadable
+        ("AuthenticAMD", {"avx2", "avx512f"}, CPU, "onednn"),
+        ("AuthenticAMD", {"avx2"}, CPU, "torch"),  # unmeasured: keep the default
+        ("GenuineIntel", {"avx2", "avx512f", "amx_bf16"}, CPU, "torch"),
+        ("AuthenticAMD", {"avx2", "avx512f"}, torch.device("cuda"), "torch"),
     ],
 )
-def test_mkl_counts_as_slow_only_on_amd_cpus_with_avx512(monkeypatch, vendor, flags, slow):
-    monkeypatch.setattr(compat, "cpu_vendor", lambda: vendor)
-    monkeypatch.setattr(compat, "cpu_flags", lambda: flags)
-    assert compat.mkl_fp32_is_slow() is slow
-
-
-@pytest.mark.parametrize(
-    ("slow", "device", "expected"),
-    [(True, CPU, "onednn"), (False, CPU, "torch"), (True, torch.device("cuda"), "torch")],
-)
-def test_auto_picks_onednn_only_where_mkl_is_slow_on_the_cpu(monkeypatch, slow, device, expected):
-    monkeypatch.setattr(linear_kernel, "mkl_fp32_is_slow", lambda: slow)
+def test_auto_picks_onednn_only_on_amd_cpus_with_avx512(
+    monkeypatch, vendor, flags, device, expected
+):
+    monkeypatch.setattr(linear_kernel, "cpu_vendor", lambda: vendor)
+    monkeypatch.setattr(linear_kernel, "cpu_flags", lambda: flags)
     monkeypatch.setattr(linear_kernel, "onednn_available", lambda: True)
     assert resolve_linear_kernel("auto", device) == expected
     assert resolve_linear_kernel("torch", device) == "torch"

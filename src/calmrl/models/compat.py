@@ -109,14 +109,6 @@ def cpu_vendor() -> str:
     return _cpuinfo("vendor_id")
 
 
-def mkl_fp32_is_slow() -> bool:
-    """Whether this CPU is one where PyTorch's MKL fp32 GEMMs are measured slow: AMD CPUs
-    with AVX-512, where MKL's code path runs at 60-70% of oneDNN's rate and SDPA's per-block
-    GEMMs lose to two batched matmuls (docs/benchmarks.md section 1). AVX2-only AMD CPUs are
-    unmeasured and keep PyTorch's defaults, as do Intel CPUs (MKL near the cores' peak)."""
-    return cpu_vendor() == "AuthenticAMD" and "avx512f" in cpu_flags()
-
-
 # CPU flags whose bf16 matmuls beat fp32. Measured (docs/benchmarks.md section 1): AMX-BF16
 # 5.3x the fp32 matmul on a Xeon, rollouts 1.8x, the demo 1.36x; AVX512-BF16 ~4x on an EPYC,
 # rollouts 2.2x, the demo 2x. AVX2-only CPUs emulate bf16 and run it ~100x slower than fp32.

@@ -24,7 +24,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from calmrl.models.compat import mkl_fp32_is_slow
+from calmrl.models.compat import cpu_flags, cpu_vendor
 
 LinearKernel = Literal["auto", "torch", "onednn"]
 LINEAR_KERNELS: tuple[str, ...] = ("auto", "torch", "onednn")
@@ -42,7 +42,8 @@ def resolve_linear_kernel(kernel: str, device: torch.device) -> str:
         names = ", ".join(LINEAR_KERNELS)
         raise ValueError(f"linear_kernel: must be one of {names}, got {kernel!r}")
     if kernel == "auto":
-        kernel = "onednn" if device.type == "cpu" and mkl_fp32_is_slow() else "torch"
+        measured = cpu_vendor() == "AuthenticAMD" and "avx512f" in cpu_flags()
+        kernel = "onednn" if device.type == "cpu" and measured else "torch"
     return kernel if kernel == "torch" or onednn_available() else "torch"
 
 

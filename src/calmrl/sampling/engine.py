@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from calmrl.models.attention import Fp32DecodeAttention, decode_attention
+from calmrl.models.attention import bf16_decode_attention
 from calmrl.models.compat import (
     cache_kwargs,
     eos_token_ids,
@@ -85,7 +85,6 @@ def generate(
     preallocate_cache: bool = True,
     prefill_tokens: int = DEFAULT_TOKEN_BUDGET,
     linear_kernel: LinearKernel = "auto",
-    fp32_decode_attention: Fp32DecodeAttention = "auto",
 ) -> Rollouts:
     """Sample ``n`` responses per prompt; rows of one prompt are adjacent (``group_index``).
 
@@ -102,11 +101,10 @@ def generate(
     written in place (``calmrl.sampling.kv_cache``); ``preallocate_cache=False`` uses HF's
     growing ``DynamicCache`` instead (same numbers; for comparison). Prompts are prefilled
     in length-sorted buckets of at most ``prefill_tokens`` padded tokens
-    (``calmrl.sampling.prefill``): no compute on padding, memory bounded. On the CPU,
-    decode-step attention packs grouped queries in bf16 and, where ``fp32_decode_attention``
-    is ``matmul``, runs as two batched matmuls in fp32 (``calmrl.models.attention``); fp32
-    linear layers run on ``linear_kernel`` (``calmrl.models.linear_kernel``). ``auto`` for
-    both: the faster route on AMD CPUs with AVX-512, PyTorch's defaults elsewhere.
+    (``calmrl.sampling.prefill``): no compute on padding, memory bounded. In bf16 on the CPU,
+    decode-step attention packs grouped queries (``calmrl.models.attention``). fp32 linear
+    layers run on ``linear_kernel`` (``calmrl.models.linear_kernel``; ``auto``: oneDNN on AMD
+    CPUs, PyTorch's default elsewhere).
     """
     if n < 1:
         raise ValueError(f"n: must be >= 1, got {n}")
@@ -132,10 +130,8 @@ def generate(
     # Whole groups per batch, so each prompt is prefilled once and its cache shared by n rows.
     prompts_per_batch = max(1, (batch_size or n * len(encoded)) // n)
     parts = []
-    with (
-        decode_attention(fp32_decode_attention, device),
-        use_linear_kernel(model, linear_kernel),
-    ):
+    # Each routes nothing outside its case: bf16 on the CPU; fp32 on an AMD CPU.
+    with bf16_decode_attention(), use_linear_kernel(model, linear_kernel):
         for start in range(0, len(encoded), prompts_per_batch):
             part = _generate_batch(
                 model,
