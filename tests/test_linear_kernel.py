@@ -98,7 +98,12 @@ def test_onednn_linear_leaves_autograd_autocast_and_other_dtypes_to_f_linear(mon
     with torch.no_grad():
         assert onednn_linear(x.bfloat16(), weight.bfloat16()).dtype == torch.bfloat16
         assert onednn_linear(x[:0], weight).shape == (0, 3)
+        subclass = type("Subclass", (torch.Tensor,), {})  # e.g. FSDP2's DTensor weights
+        assert onednn_linear(x.detach(), weight.detach().as_subclass(subclass)).shape == (4, 3)
     assert calls == []
+    with torch.no_grad():  # the engine's case: a Parameter weight, no grad, fp32
+        onednn_linear(x.detach(), torch.nn.Parameter(weight.detach()))
+    assert len(calls) == 1
 
 
 @needs_onednn

@@ -9,9 +9,10 @@ peak, so ``auto`` keeps PyTorch's default there (and on AMD CPUs without AVX-512
 MKL's AMD path is not known to lose). Both compute in fp32 (no reduced-precision
 math): outputs agree to float reassociation, ~4e-6 relative.
 
-``use_linear_kernel(model, "onednn")`` routes the forwards of the model's ``nn.Linear`` modules to
-oneDNN while the block runs, for inputs the rollout engine passes (fp32 on the CPU, no
-autograd, no autocast); any other call, and every call outside the block, takes ``F.linear``.
+``use_linear_kernel(model, "onednn")`` routes the forwards of the model's ``nn.Linear``
+modules to oneDNN while the block runs, for the calls the rollout engine makes (fp32 plain
+tensors on the CPU, no autograd, no autocast); any other call (FSDP2's sharded weights among
+them), and every call outside the block, takes ``F.linear``.
 """
 
 from __future__ import annotations
@@ -50,10 +51,14 @@ def resolve_linear_kernel(kernel: str, device: torch.device) -> str:
 def onednn_linear(
     input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """``F.linear`` on oneDNN for fp32 CPU inputs outside autograd and autocast (the op has
-    no backward, and autocast would not see it); ``F.linear`` for anything else."""
+    """``F.linear`` on oneDNN for fp32 CPU tensors outside autograd and autocast; ``F.linear``
+    for anything else: the op has no backward (gradients would silently be missing), autocast
+    casts only what goes through ``F.linear``, and tensor subclasses (DTensor) need their own
+    dispatch."""
     if (
-        input.dtype == weight.dtype == torch.float32
+        type(input) is torch.Tensor
+        and type(weight.data) is torch.Tensor
+        and input.dtype == weight.dtype == torch.float32
         and input.device.type == "cpu"
         and input.numel() > 0
         and not torch.is_grad_enabled()
