@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Iterator
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from calmrl.models.compat import cpu_flags, cpu_vendor
 
 LinearKernel = Literal["auto", "torch", "onednn"]
-LINEAR_KERNELS: tuple[str, ...] = ("auto", "torch", "onednn")
+LINEAR_KERNELS: tuple[str, ...] = get_args(LinearKernel)
 
 
 def onednn_available() -> bool:

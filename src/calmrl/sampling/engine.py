@@ -104,7 +104,7 @@ def generate(
     (``calmrl.sampling.prefill``): no compute on padding, memory bounded. In bf16 on the CPU,
     decode-step attention packs grouped queries (``calmrl.models.attention``). fp32 linear
     layers run on ``linear_kernel`` (``calmrl.models.linear_kernel``; ``auto``: oneDNN on AMD
-    CPUs, PyTorch's default elsewhere).
+    CPUs with AVX-512, PyTorch's default elsewhere).
     """
     if n < 1:
         raise ValueError(f"n: must be >= 1, got {n}")
@@ -130,7 +130,7 @@ def generate(
     # Whole groups per batch, so each prompt is prefilled once and its cache shared by n rows.
     prompts_per_batch = max(1, (batch_size or n * len(encoded)) // n)
     parts = []
-    # Each routes nothing outside its case: bf16 on the CPU; fp32 on an AMD CPU.
+    # Each routes nothing outside its case: bf16 on the CPU; fp32 on an AMD CPU with AVX-512.
     with bf16_decode_attention(), use_linear_kernel(model, linear_kernel):
         for start in range(0, len(encoded), prompts_per_batch):
             part = _generate_batch(
