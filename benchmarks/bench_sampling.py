@@ -10,7 +10,8 @@ Prints, from one interleaved run:
   as a fraction of the limit it implies (~2 FLOPs per weight per token), and the share of the
   FLOPs that are generated tokens rather than prompt prefill (the most that fraction can be);
 - the engine's own gains, each against the engine with one of them undone: in-place KV cache
-  (vs HF's growing cache), bucketed prefill (vs one padded forward), freed memory kept in the
+  (vs HF's growing cache), bucketed prefill (vs one padded forward), the prompts' shared prefix
+  prefilled once (vs in every row), freed memory kept in the
   heap (vs glibc's default mmap threshold), the linear kernel ``auto`` picks (vs the other:
   oneDNN on AMD CPUs with AVX-512, PyTorch's default elsewhere);
 - the floor the model's kernels set: the engine's exact matmuls (with the model's own weights)
@@ -44,7 +45,7 @@ from calmrl.models import load_model
 from calmrl.models.compat import keep_freed_memory
 from calmrl.models.linear_kernel import onednn_available, onednn_linear, resolve_linear_kernel
 from calmrl.sampling import generate
-from calmrl.sampling.prefill import DEFAULT_TOKEN_BUDGET, buckets
+from calmrl.sampling.prefill import DEFAULT_TOKEN_BUDGET, buckets, shared_prefix_length
 from calmrl.sampling.schedules import PRESETS, ConstantSchedule
 
 
@@ -64,9 +65,11 @@ def kernel_floor(
     batch: int,
     new_tokens: int,
     linear: Callable[..., torch.Tensor] | None = None,
+    shared: int = 0,
 ) -> dict[str, float]:
-    """Seconds the engine's matmuls and attention take alone, at its exact shapes: prefill in
-    the engine's length-sorted buckets (last-position logits only), then ``new_tokens - 1``
+    """Seconds the engine's matmuls and attention take alone, at its exact shapes: prefill of
+    the ``shared`` prefix on one row, then of the rest in the engine's length-sorted buckets
+    (last-position logits only), then ``new_tokens - 1``
     decode steps of ``batch`` rows over a cache of the longest prompt plus the tokens so far.
     Everything else a forward does (norms, RoPE, activations, residuals, Python) and the
     sampling cost nothing here, so ``generate`` time / this floor bounds what any engine built
@@ -92,10 +95,17 @@ def kernel_floor(
 
         return _seconds(run)
 
-    def attention(rows: int, queries: int, keys: int) -> float:
+    def attention(rows: int, queries: int, keys: int, masked: bool = True) -> float:
         # The layouts transformers' SDPA path passes on the CPU: one query position with the
         # query heads packed onto their key/value heads; longer queries (prefill, masked)
-        # against keys and values repeated to every query head.
+        # against keys and values repeated to every query head; a prefill with no padding
+        # (the shared prefix, one row): causal, unmasked, keys and values not repeated.
+        if not masked:
+            q = torch.randn(rows, heads, queries, dim, dtype=dtype)
+            k, v = (torch.randn(rows, kv_heads, keys, dim, dtype=dtype) for _ in range(2))
+            return layers * _seconds(
+                lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+            )
         if queries == 1:
             q = torch.randn(rows, kv_heads, heads // kv_heads, dim, dtype=dtype)
             kv_shape = (rows, kv_heads, keys, dim)
@@ -107,10 +117,14 @@ def kernel_floor(
         return layers * _seconds(lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
 
     floor = {"prefill matmuls": 0.0, "prefill attention": 0.0}
-    for bucket in buckets(lengths, DEFAULT_TOKEN_BUDGET):
-        width = max(lengths[i] for i in bucket)
+    if shared:
+        floor["prefill matmuls"] += matmuls(shared, 1)
+        floor["prefill attention"] += attention(1, shared, shared, masked=False)
+    own = [length - shared for length in lengths]
+    for bucket in buckets(own, DEFAULT_TOKEN_BUDGET):
+        width = max(own[i] for i in bucket)
         floor["prefill matmuls"] += matmuls(len(bucket) * width, len(bucket))
-        floor["prefill attention"] += attention(len(bucket), width, width)
+        floor["prefill attention"] += attention(len(bucket), width, shared + width)
     steps, width = new_tokens - 1, max(lengths)
     floor["decode matmuls"] = steps * matmuls(batch, batch)
     # Attention grows linearly with the cache: the mean of its first and last step, per step.
@@ -140,6 +154,7 @@ def main() -> None:
         schedule,
         preallocate_cache=True,
         prefill_tokens=DEFAULT_TOKEN_BUDGET,
+        share_prefix=True,
         tuned=True,
         linear_kernel="auto",
     ):
@@ -155,6 +170,7 @@ def main() -> None:
                 ignore_eos=args.ignore_eos,
                 preallocate_cache=preallocate_cache,
                 prefill_tokens=prefill_tokens,
+                share_prefix=share_prefix,
                 linear_kernel=linear_kernel,
             )
             keep_freed_memory(True)
@@ -187,6 +203,7 @@ def main() -> None:
         "engine EAD": engine(PRESETS["ead-paper"]),
         "engine constant, HF DynamicCache": engine(ConstantSchedule(1.0), preallocate_cache=False),
         "engine constant, one padded prefill": engine(ConstantSchedule(1.0), prefill_tokens=10**9),
+        "engine constant, no shared prefix": engine(ConstantSchedule(1.0), share_prefix=False),
         "engine constant, glibc default mmap": engine(ConstantSchedule(1.0), tuned=False),
         "HF generate": hf_generate,
     }
@@ -227,6 +244,7 @@ def main() -> None:
     for variant, what in (
         ("HF DynamicCache", "in-place KV cache / HF DynamicCache"),
         ("one padded prefill", "bucketed prefill / one padded prefill"),
+        ("no shared prefix", "shared prefix prefilled once / in every row"),
         ("glibc default mmap", "freed memory kept / glibc default"),
         (f"linear kernel {other}", f"linear kernel {kernel} (auto) / {other}"),
     ):
@@ -237,14 +255,20 @@ def main() -> None:
     # The machine's ceiling, measured in the same run: tokens/s as a fraction of it.
     flops = decode_flops_per_token(model)
     # Prefill computes no logits but the last (logits_to_keep=1): all weights but the head's.
+    # The engine prefills the prompts' shared prefix once: count the prompt tokens it runs.
     head = model.get_output_embeddings().weight.numel()
-    work = tokens["engine constant"] * flops + int(encoded["attention_mask"].sum()) * (
-        flops - 2 * head
-    )
+    lengths = encoded["attention_mask"].sum(-1).tolist()
+    ids = encoded["input_ids"].tolist()  # left-padded
+    rows = [row[len(row) - n :] for row, n in zip(ids, lengths, strict=True)]
+    shared = shared_prefix_length(rows)
+    prompt_tokens = sum(lengths) - (len(rows) - 1) * shared
+    work = tokens["engine constant"] * flops + prompt_tokens * (flops - 2 * head)
     generated_share = tokens["engine constant"] * flops / work
     print(
-        f"the generated tokens are {generated_share:.1%} of the FLOPs (the rest is the prompts' "
-        f"prefill): by generated tokens, no engine exceeds {generated_share:.1%} of the limit"
+        f"the prompts share a prefix of {shared} tokens, prefilled once: the engine prefills "
+        f"{prompt_tokens} of {sum(lengths)} prompt tokens; the generated tokens are "
+        f"{generated_share:.1%} of its FLOPs (the rest is prefill): by generated tokens, no "
+        f"engine exceeds {generated_share:.1%} of the limit"
     )
     peaks = {}
     for dtype in (torch.float32, torch.bfloat16):
@@ -257,9 +281,8 @@ def main() -> None:
             f"of it, HF generate {rate['HF generate'] / limit:.1%}; counting the prompts' "
             f"prefill FLOPs too, the engine runs at {used:.1%} of the matmul rate"
         )
-    lengths = encoded["attention_mask"].sum(-1).tolist()
     linear = onednn_linear if kernel == "onednn" else F.linear
-    floor = kernel_floor(model, lengths, len(prompts), args.max_new_tokens, linear)
+    floor = kernel_floor(model, lengths, len(prompts), args.max_new_tokens, linear, shared)
     total = sum(floor.values())
     engine_s, hf_s = median(times["engine constant"]), median(times["HF generate"])
     parts = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in floor.items())

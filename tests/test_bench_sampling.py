@@ -4,6 +4,7 @@ import pytest
 import torch.nn.functional as F
 
 from calmrl.sampling import generate
+from calmrl.sampling.prefill import shared_prefix_length
 from calmrl.sampling.schedules import ConstantSchedule
 
 
@@ -37,6 +38,8 @@ def test_kernel_floor_times_the_engines_shapes(bench, tiny, monkeypatch):
     model, tokenizer = tiny
     prompts = [[5 + i for i in range(length)] for length in (7, 3, 11, 7)]
     lengths, new_tokens = [len(p) for p in prompts], 5
+    shared = shared_prefix_length(prompts)
+    assert shared == 2  # prefilled once, on one row
 
     engine_linears, engine_attention = _recorded_shapes(
         monkeypatch,
@@ -48,7 +51,9 @@ def test_kernel_floor_times_the_engines_shapes(bench, tiny, monkeypatch):
     floor = {}
     floor_linears, floor_attention = _recorded_shapes(
         monkeypatch,
-        lambda: floor.update(bench.kernel_floor(model, lengths, len(prompts), new_tokens)),
+        lambda: floor.update(
+            bench.kernel_floor(model, lengths, len(prompts), new_tokens, shared=shared)
+        ),
     )
 
     assert floor_linears == engine_linears

@@ -66,6 +66,22 @@ def test_recorded_logprobs_match_full_forward(arch, name, schedule, truncation, 
     assert torch.isfinite(rollouts.behaviour_logprobs[on]).all()
 
 
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_recorded_logprobs_match_full_forward_with_a_shared_prefix(arch):
+    """Prompts that start alike: their common prefix is prefilled once (``share_prefix``)."""
+    model, tokenizer = tiny_model(arch, seed=1)
+    prompts = ["a system prompt every row starts with, then: " + p for p in PROMPTS]
+    _, schedule, truncation = CASES[2]
+    rollouts = generate(
+        model, tokenizer, prompts, schedule, n=2, max_new_tokens=16, seed=0, **truncation
+    )
+    expected = recompute(model, rollouts, schedule, **truncation)
+    on = rollouts.response_mask.bool()
+    for field, value in expected.items():
+        got = getattr(rollouts, field)
+        torch.testing.assert_close(got[on], value[on].float(), atol=1e-4, rtol=0, msg=field)
+
+
 def test_eos_mid_batch_and_masks():
     model, tokenizer = tiny_model("llama", seed=1)
     eos = tokenizer.eos_token_id

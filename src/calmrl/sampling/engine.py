@@ -84,6 +84,7 @@ def generate(
     progress: Callable[[int], None] | None = None,
     preallocate_cache: bool = True,
     prefill_tokens: int = DEFAULT_TOKEN_BUDGET,
+    share_prefix: bool = True,
     linear_kernel: LinearKernel = "auto",
 ) -> Rollouts:
     """Sample ``n`` responses per prompt; rows of one prompt are adjacent (``group_index``).
@@ -101,8 +102,10 @@ def generate(
     written in place (``calmrl.sampling.kv_cache``); ``preallocate_cache=False`` uses HF's
     growing ``DynamicCache`` instead (same numbers; for comparison). Prompts are prefilled
     in length-sorted buckets of at most ``prefill_tokens`` padded tokens
-    (``calmrl.sampling.prefill``): no compute on padding, memory bounded. In bf16 on the CPU,
-    decode-step attention packs grouped queries (``calmrl.models.attention``). fp32 linear
+    (``calmrl.sampling.prefill``): no compute on padding, memory bounded; with
+    ``share_prefix`` the prefix all prompts start with (a system prompt) is computed once.
+    In bf16 on the CPU, decode-step attention packs grouped queries
+    (``calmrl.models.attention``). fp32 linear
     layers run on ``linear_kernel`` (``calmrl.models.linear_kernel``; ``auto``: oneDNN on AMD
     CPUs with AVX-512, PyTorch's default elsewhere).
     """
@@ -146,6 +149,7 @@ def generate(
                 seeds=row_seeds(seed, step, indices[start : start + prompts_per_batch], n, device),
                 preallocate=preallocate_cache,
                 prefill_tokens=prefill_tokens,
+                share_prefix=share_prefix,
             )
             part.group_index = part.group_index + start
             parts.append(part)
@@ -168,6 +172,7 @@ def _generate_batch(
     seeds: torch.Tensor,
     preallocate: bool,
     prefill_tokens: int,
+    share_prefix: bool,
 ) -> Rollouts:
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id
@@ -201,6 +206,7 @@ def _generate_batch(
         forward_kwargs=forward_kwargs,
         preallocate=preallocate,
         token_budget=prefill_tokens,
+        share_prefix=share_prefix,
     )
     if n > 1:  # expand each prompt's state to its n rows
         outputs.cache.batch_repeat_interleave(n)

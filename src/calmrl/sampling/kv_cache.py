@@ -115,3 +115,23 @@ def place_rows(
         into._values[rows, :, end - src.length : end] = values
         into.length = end
         into._expose()
+
+
+def repeat_prefix(target: DynamicCache, prefix: DynamicCache, rows: int) -> None:
+    """Start each layer of the empty ``target`` with ``prefix``'s one row, repeated ``rows``
+    times (a bucket of prompts then attends to the prefix computed once)."""
+    for into, src in zip(target.layers, prefix.layers, strict=True):
+        into.update(src.keys.expand(rows, -1, -1, -1), src.values.expand(rows, -1, -1, -1))
+
+
+def place_prefix(
+    target: DynamicCache, rows: torch.Tensor, prefix: DynamicCache, ends: torch.Tensor
+) -> None:
+    """Copy ``prefix``'s one row into rows ``rows`` of ``target``, ending at position
+    ``ends[i]`` in row ``rows[i]`` (where that row's own tokens begin)."""
+    for into, src in zip(target.layers, prefix.layers, strict=True):
+        slots = ends[:, None] - src.length + torch.arange(src.length, device=ends.device)
+        row_index = rows[:, None].expand_as(slots)
+        # [rows, positions] index a [batch, positions, heads, head_dim] view of the buffers.
+        into._keys.transpose(1, 2)[row_index, slots] = src.keys[0].transpose(0, 1)
+        into._values.transpose(1, 2)[row_index, slots] = src.values[0].transpose(0, 1)
