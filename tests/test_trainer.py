@@ -13,7 +13,8 @@ from calmrl.models import tiny_model
 from calmrl.models.compat import is_checkpointing
 from calmrl.rewards import available_rewards, register_reward
 from calmrl.rl import checkpoint as checkpoint_module
-from calmrl.rl.forward import response_logprobs
+from calmrl.rl import update as update_module
+from calmrl.rl.forward import response_logprobs, shared_prefix
 from calmrl.rl.trainer import Trainer, TrainingAborted
 from calmrl.rl.value_head import ValueHead
 from calmrl.sampling import generate
@@ -286,38 +287,129 @@ def test_algorithm_variants_run_and_log(tmp_path, extra):
     assert all(v == v for v in metrics.values() if isinstance(v, float)), metrics  # no NaN
 
 
+_OWN_PROMPTS = ["ab", "a longer prompt", "xyz"]
+# A start all prompts share (the system prompt, few-shot turns) runs once per optimizer step;
+# "Q: a" is all prefix but its last token.
+_SHARED_PREFIX = ["Q: a", "Q: a longer prompt", "Q: xyz"]
+
+
+def _update_forward(model, head, rollouts, way):
+    """Values and gradients of one step over two micro-batches, the update's way: ``plain``
+    (prompt in every row), ``group`` (a group's prompt once) or ``prefix`` (and the prompts'
+    shared start once for both micro-batches)."""
+    model.zero_grad()
+    head.zero_grad()
+    prefix = shared_prefix(model, rollouts) if way == "prefix" else None
+    outs = []
+    for rows in ([0, 1, 2, 3], [4, 5, 6]):
+        micro = rollouts.select(rows)
+        out = response_logprobs(model, micro, share_prompts=way != "plain", prefix=prefix,
+                                value_head=head)  # fmt: skip
+        mask = micro.response_mask
+        ((out.logprobs + 0.1 * out.entropy + 0.3 * out.values) * mask).sum().backward()
+        outs.append([x.detach() * mask for x in out])
+    if prefix is not None:
+        prefix.backward()
+    named = [*model.named_parameters(), *head.named_parameters(prefix="value_head")]
+    grads = {k: p.grad.clone() for k, p in named if p.grad is not None}
+    return [torch.cat([a, b]) for a, b in zip(*outs, strict=True)], grads, prefix
+
+
 @pytest.mark.parametrize(
-    ("arch", "max_new_tokens"), [("llama", 9), ("qwen2", 9), ("gemma3", 9), ("llama", 1)]
+    ("arch", "max_new_tokens", "prompts"),
+    [
+        ("llama", 9, _OWN_PROMPTS),
+        ("qwen2", 9, _OWN_PROMPTS),
+        ("gemma3", 9, _OWN_PROMPTS),
+        ("llama", 1, _OWN_PROMPTS),
+        ("llama", 9, _SHARED_PREFIX),
+        ("qwen2", 9, _SHARED_PREFIX),
+        ("gemma3", 9, _SHARED_PREFIX),
+        ("llama", 1, _SHARED_PREFIX),
+    ],
 )
-def test_shared_prompt_forward_equals_plain_forward_values_and_grads(arch, max_new_tokens):
+def test_shared_prompt_forward_equals_plain_forward_values_and_grads(arch, max_new_tokens, prompts):
     model, tokenizer = tiny_model(arch, seed=9)
-    rollouts = generate(model, tokenizer, ["ab", "a longer prompt", "xyz"], ConstantSchedule(1.0),
+    rollouts = generate(model, tokenizer, prompts, ConstantSchedule(1.0),
                         n=3, max_new_tokens=max_new_tokens, seed=1)  # fmt: skip
     rollouts = rollouts.select([0, 1, 2, 4, 5, 6, 8])  # uneven groups, as after a shuffle
     head = ValueHead.for_model(model)
     torch.nn.init.normal_(head.linear.weight, std=0.3, generator=torch.Generator().manual_seed(0))
-    results = []
-    for share in (False, True):
-        model.zero_grad()
-        head.zero_grad()
-        out = response_logprobs(model, rollouts, share_prompts=share, value_head=head)
-        mask = rollouts.response_mask
-        ((out.logprobs + 0.1 * out.entropy + 0.3 * out.values) * mask).sum().backward()
-        named = [*model.named_parameters(), *head.named_parameters(prefix="value_head")]
-        grads = {k: p.grad.clone() for k, p in named if p.grad is not None}
-        detached = [x.detach() * mask for x in out]
-        results.append((*detached, grads))
-    (lp_a, h_a, v_a, g_a), (lp_b, h_b, v_b, g_b) = results
-    torch.testing.assert_close(lp_a, lp_b, atol=1e-5, rtol=0)
-    torch.testing.assert_close(h_a, h_b, atol=1e-5, rtol=0)
-    torch.testing.assert_close(v_a, v_b, atol=1e-5, rtol=0)
+    (lp_a, h_a, v_a), g_a, _ = _update_forward(model, head, rollouts, "plain")
     assert v_a.abs().max() > 0.01, "a non-trivial value head"
     assert "value_head.linear.weight" in g_a
-    assert g_a.keys() == g_b.keys()
-    for key in g_a:
-        # fp32 sums in a different order: errors relative to the gradient's scale.
-        scale = max(1.0, float(g_a[key].abs().max()))
-        torch.testing.assert_close(g_a[key], g_b[key], atol=1e-6 * scale, rtol=1e-4, msg=key)
+    for way in ("group", "prefix"):
+        (lp_b, h_b, v_b), g_b, prefix = _update_forward(model, head, rollouts, way)
+        if way == "prefix":
+            # Gemma 3's sliding-window layers keep their own cache: no shared prefix there.
+            shares = prompts is _SHARED_PREFIX and arch != "gemma3"
+            assert (prefix is not None) == shares
+        torch.testing.assert_close(lp_a, lp_b, atol=1e-5, rtol=0)
+        torch.testing.assert_close(h_a, h_b, atol=1e-5, rtol=0)
+        torch.testing.assert_close(v_a, v_b, atol=1e-5, rtol=0)
+        assert g_a.keys() == g_b.keys()
+        for key in g_a:
+            # fp32 sums in a different order: errors relative to the gradient's scale.
+            scale = max(1.0, float(g_a[key].abs().max()))
+            torch.testing.assert_close(g_a[key], g_b[key], atol=1e-6 * scale, rtol=1e-4, msg=key)
+
+
+def test_the_prompts_shared_start_runs_once_for_all_micro_batches():
+    model, tokenizer = tiny_model(seed=9)
+    rollouts = generate(model, tokenizer, _SHARED_PREFIX, ConstantSchedule(1.0), n=3,
+                        max_new_tokens=5, seed=1)  # fmt: skip
+    embedded: list[int] = []
+    hook = model.get_input_embeddings().register_forward_hook(
+        lambda _m, args, _out: embedded.append(args[0].numel())
+    )
+    with torch.no_grad():
+        prefix = shared_prefix(model, rollouts)
+        micros = [rollouts.select([0, 1, 2, 3]), rollouts.select([4, 5, 6, 7, 8])]
+        for micro in micros:
+            response_logprobs(model, micro, prefix=prefix)
+    hook.remove()
+    assert prefix.ids == tokenizer("Q: ", add_special_tokens=False)["input_ids"]
+    lengths = [len(tokenizer(p)["input_ids"]) - 3 for p in _SHARED_PREFIX]  # own suffixes
+    want = [3]  # the prefix, once, on one row; then per micro-batch its groups' suffixes
+    for micro in micros:
+        groups = sorted(set(micro.group_index.tolist()))
+        steps = int(micro.response_mask.any(0).nonzero()[-1]) + 1  # padding columns are cut
+        want += [len(groups) * max(lengths[g] for g in groups), len(micro) * (steps - 1)]
+    assert embedded == want
+
+
+def test_an_rl_step_with_the_prompts_shared_start_equals_one_without(tmp_path):
+    grads = []
+    for share in (True, False):
+        cfg = make_config(tmp_path / str(share), f"algorithm.share_prompt_forward={share}",
+                          "algorithm.micro_batch_size=3")  # fmt: skip
+        model, tokenizer = tiny_model(seed=3)
+        trainer = Trainer(cfg, model=model, tokenizer=tokenizer)
+        trainer.reward_fn = half_rewarded
+        prefixes = []
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(
+                update_module, "shared_prefix", _recording(update_module.shared_prefix, prefixes)
+            )
+            metrics = trainer.train_step()
+        assert not metrics.get("skipped_no_signal") and metrics["grad_norm"] > 0
+        assert any(p is not None for p in prefixes) == share  # the chat template's start
+        # Adam's first step is ~lr * sign(g): compare the gradients, not the weights.
+        grads.append({k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for key in grads[0]:
+        scale = max(1.0, float(grads[0][key].abs().max()))
+        torch.testing.assert_close(
+            grads[0][key], grads[1][key], atol=1e-6 * scale, rtol=1e-4, msg=key
+        )
+
+
+def _recording(function, calls):
+    def wrapper(*args, **kwargs):
+        calls.append(function(*args, **kwargs))
+        return calls[-1]
+
+    return wrapper
 
 
 def _rss_mib() -> float:

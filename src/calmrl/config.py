@@ -195,7 +195,9 @@ class AlgorithmConfig(_Section):
     micro_batch_size: int = Field(16, ge=1)
     """Rows per forward/backward; gradients accumulate over a minibatch."""
     share_prompt_forward: bool = True
-    """Run a group's shared prompt through the model once in the update (same numbers)."""
+    """Run a group's shared prompt through the model once in the update, and the start all
+    prompts of an optimizer step share (system prompt, few-shot turns) once per step (same
+    numbers)."""
 
     @field_validator("advantage")
     @classmethod

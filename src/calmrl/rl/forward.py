@@ -2,24 +2,28 @@
 
 Rows of one group share their prompt (GRPO samples G responses per prompt): the prompt runs
 through the model once and its KV cache is indexed out to the group's rows, so the prompt's
-share of the update's compute drops by G. The numbers equal a plain forward over prompt +
-response; ``share_prompts=False`` (``algorithm.share_prompt_forward``) runs the plain one.
+share of the update's compute drops by G. The start all prompts of a batch share (a system
+prompt, few-shot turns) runs once per optimizer step (``SharedPrefix``). The numbers equal a
+plain forward over prompt + response; ``share_prompts=False``
+(``algorithm.share_prompt_forward``) runs the plain one.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
 import torch
 from transformers import PreTrainedModel
+from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from calmrl.models.compat import cache_kwargs, decoder_and_head, is_checkpointing, output_cache
 from calmrl.models.functional import entropy_from_logits, positions_from_mask
 from calmrl.models.head import DEFAULT_CHUNK_TOKENS, head_logprobs_entropy
 from calmrl.rl.value_head import ValueHead
+from calmrl.sampling.prefill import shared_prefix_length
 from calmrl.sampling.rollouts import Rollouts
 
 
@@ -34,6 +38,7 @@ def response_logprobs(
     rollouts: Rollouts,
     *,
     share_prompts: bool = True,
+    prefix: SharedPrefix | None = None,
     value_head: ValueHead | None = None,
     chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
 ) -> ResponseForward:
@@ -44,7 +49,9 @@ def response_logprobs(
     once: the prompt's KV cache is indexed out to the rows (a differentiable gather, so the
     gradient of every row flows back into the shared prompt activations) and only the
     response tokens are run per row. With G rollouts per prompt that cuts the prompt's share
-    of the update's compute by G; the numbers equal the plain forward over prompt + response.
+    of the update's compute by G. With a ``prefix`` (``shared_prefix``) the prompts'
+    common start is not run again either: its cached keys and values are reused. The
+    numbers equal the plain forward over prompt + response.
     Where the head allows (``models.compat.decoder_and_head``), the decoder's hidden states
     go to ``models.head.head_logprobs_entropy``: the head runs over real tokens only, in
     chunks of ``chunk_tokens``, and the ``[N, T, V]`` logits are never held.
@@ -57,7 +64,9 @@ def response_logprobs(
     rollouts = _trim_padding(rollouts)
     projection = decoder_and_head(model)
     if projection is None:
-        logits, hidden = _response_outputs(model, rollouts, share_prompts, value_head is not None)
+        logits, hidden = _response_outputs(
+            model, rollouts, share_prompts, prefix, value_head is not None
+        )
         logits = logits.float()
         mask = rollouts.response_mask.bool()
         logprobs = logits.log_softmax(-1).gather(-1, rollouts.response_ids.unsqueeze(-1))
@@ -65,7 +74,7 @@ def response_logprobs(
         entropy = entropy_from_logits(logits).masked_fill(~mask, 0.0)
     else:
         decoder, weight = projection
-        hidden, _ = _response_outputs(decoder, rollouts, share_prompts, False)
+        hidden, _ = _response_outputs(decoder, rollouts, share_prompts, prefix, False)
         logprobs, entropy = head_logprobs_entropy(
             hidden, weight, rollouts.response_ids, rollouts.response_mask, chunk=chunk_tokens
         )
@@ -95,7 +104,11 @@ def _pad_to(values: torch.Tensor | None, width: int) -> torch.Tensor | None:
 
 
 def _response_outputs(
-    module: torch.nn.Module, rollouts: Rollouts, share_prompts: bool, capture: bool
+    module: torch.nn.Module,
+    rollouts: Rollouts,
+    share_prompts: bool,
+    prefix: SharedPrefix | None,
+    capture: bool,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The outputs that predict each response token: [N, T, V] logits of a causal LM, or
     [N, T, H] hidden states of a bare decoder; plus the head's inputs when ``capture``."""
@@ -104,10 +117,11 @@ def _response_outputs(
     full_mask = torch.cat([prompt_mask, rollouts.response_mask], dim=1)
     positions = positions_from_mask(full_mask)
     groups, row_to_group = torch.unique(rollouts.group_index, return_inverse=True)
-    is_lm = hasattr(module, "get_output_embeddings") and module.get_output_embeddings() is not None
+    is_lm = _is_causal_lm(module)
     keep = {"logits_to_keep": steps + 1} if is_lm else {}
     hidden = None
-    if not share_prompts or len(groups) == len(rollouts) or is_checkpointing(module):
+    one_per_group = len(groups) == len(rollouts) and prefix is None
+    if not share_prompts or one_per_group or is_checkpointing(module):
         ids = torch.cat([rollouts.prompt_ids, rollouts.response_ids], dim=1)
         # Only the outputs that predict response tokens: the last T+1 positions but the final.
         with _output_projection_inputs(module, capture) as captured:
@@ -126,20 +140,22 @@ def _response_outputs(
     )
     width = prompt_mask.shape[1]
     with _output_projection_inputs(module, capture) as captured:
-        prefix = module(
-            input_ids=rollouts.prompt_ids[first_row],
-            attention_mask=prompt_mask[first_row],
-            position_ids=positions[first_row, :width],
-            use_cache=True,
-            **({"logits_to_keep": 1} if is_lm else {}),
+        prompts = _prompt_pass(
+            module,
+            rollouts.prompt_ids[first_row],
+            prompt_mask[first_row],
+            positions[first_row, :width],
+            prefix,
         )
-        outputs = _main_output(prefix, is_lm)[:, -1:][row_to_group]
+        outputs = _main_output(prompts.outputs, is_lm)[:, -1:][row_to_group]
         if steps > 1:
-            cache = output_cache(prefix)
+            cache = output_cache(prompts.outputs)
             cache.batch_select_indices(row_to_group.to(rollouts.prompt_ids.device))
             rest = module(
                 input_ids=rollouts.response_ids[:, :-1],
-                attention_mask=full_mask[:, :-1],
+                attention_mask=torch.cat(
+                    [prompts.cache_mask[row_to_group], rollouts.response_mask[:, :-1]], dim=1
+                ),
                 position_ids=positions[:, width:-1],
                 **cache_kwargs(cache),
                 use_cache=True,
@@ -148,6 +164,119 @@ def _response_outputs(
     if captured:
         hidden = torch.cat([captured[0][row_to_group], *captured[1:]], dim=1)
     return outputs, hidden
+
+
+@dataclass
+class SharedPrefix:
+    """The tokens every prompt of a batch starts with (a system prompt, few-shot turns: 149 of
+    the demo's 180), run through the model once for all of the batch's micro-batches.
+
+    Each micro-batch attends to ``leaves``, detached copies of the prefix's keys and values
+    that every backward accumulates its gradient into; ``backward`` then runs the prefix's
+    own backward once with the sum. So the prefix costs one forward and one backward per
+    optimizer step however many micro-batches and groups share it, and the gradients equal
+    those of running it in every row.
+    """
+
+    ids: list[int]
+    leaves: list[tuple[torch.Tensor, torch.Tensor]]  # per layer: [1, kv heads, S, head dim]
+    graph: list[tuple[torch.Tensor, torch.Tensor]]  # the same, attached to the model
+    config: Any
+
+    def cache(self, rows: int) -> DynamicCache:
+        """A cache holding the prefix for ``rows`` rows, to continue with their suffixes."""
+        return DynamicCache(
+            ddp_cache_data=[
+                (keys.expand(rows, -1, -1, -1), values.expand(rows, -1, -1, -1))
+                for keys, values in self.leaves
+            ],
+            config=self.config,
+        )
+
+    def starts(self, row: list[int]) -> bool:
+        return len(row) > len(self.ids) and row[: len(self.ids)] == self.ids
+
+    def backward(self) -> None:
+        """The prefix's backward with the gradient the micro-batches left in the leaves."""
+        pairs = [
+            (attached, leaf.grad)
+            for attached_kv, leaf_kv in zip(self.graph, self.leaves, strict=True)
+            for attached, leaf in zip(attached_kv, leaf_kv, strict=True)
+            if leaf.grad is not None and attached.requires_grad
+        ]
+        if pairs:
+            torch.autograd.backward([a for a, _ in pairs], [g for _, g in pairs])
+
+
+def shared_prefix(model: PreTrainedModel, rollouts: Rollouts) -> SharedPrefix | None:
+    """Run the prefix every prompt of ``rollouts`` starts with once, on one row; None where
+    there is none, or the model's cache is not plain per-layer keys and values (sliding-window
+    layers keep only their window) or checkpointing disables the cache."""
+    layers = DynamicCache(config=model.config).layers
+    if is_checkpointing(model) or any(type(layer) is not DynamicLayer for layer in layers):
+        return None
+    module = decoder_and_head(model)
+    module = model if module is None else module[0]
+    rows = {
+        tuple(ids[keep].tolist())
+        for ids, keep in zip(rollouts.prompt_ids, rollouts.prompt_mask.bool(), strict=True)
+    }
+    length = shared_prefix_length([list(row) for row in sorted(rows)])
+    if length < 1:  # none shared, or a placeholder row with no prompt
+        return None
+    ids = list(next(iter(rows))[:length])
+    device = rollouts.prompt_ids.device
+    last_only = {"logits_to_keep": 1} if _is_causal_lm(module) else {}
+    out = module(input_ids=torch.tensor([ids], device=device), use_cache=True, **last_only)
+    graph = [(layer.keys, layer.values) for layer in output_cache(out).layers]
+    leaves = [tuple(t.detach().requires_grad_(t.requires_grad) for t in kv) for kv in graph]
+    return SharedPrefix(ids, leaves, graph, model.config)
+
+
+class _PromptPass(NamedTuple):
+    outputs: Any  # the forward's output at each prompt's last position, with the KV cache
+    cache_mask: torch.Tensor  # [K, C]: which cached positions are tokens
+
+
+def _prompt_pass(
+    module: torch.nn.Module,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    positions: torch.Tensor,
+    prefix: SharedPrefix | None,
+) -> _PromptPass:
+    """One forward over K prompts ([K, W], left-padded), with the KV cache.
+
+    With a ``prefix`` they all start with, only each prompt's own suffix runs, left-padded
+    behind the prefix's cached keys and values: the cache holds [prefix | padding | suffix]
+    per prompt, and positions still count tokens, so the numbers equal one forward over the
+    padded prompts.
+    """
+    last_only = {"logits_to_keep": 1} if _is_causal_lm(module) else {}
+    rows = [row[keep].tolist() for row, keep in zip(ids, mask.bool(), strict=True)]
+    if prefix is None or not all(prefix.starts(row) for row in rows):
+        out = module(
+            input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **last_only
+        )
+        return _PromptPass(out, mask)
+    shared = len(prefix.ids)
+    own = mask.sum(1) - shared
+    suffix_width = int(own.max())
+    suffix_mask = torch.arange(suffix_width, device=ids.device) >= suffix_width - own[:, None]
+    cache_mask = torch.cat([torch.ones_like(mask[:, :shared]), suffix_mask.to(mask.dtype)], 1)
+    out = module(
+        input_ids=ids[:, -suffix_width:],
+        attention_mask=cache_mask,
+        position_ids=positions_from_mask(cache_mask)[:, shared:],
+        **cache_kwargs(prefix.cache(len(rows))),
+        use_cache=True,
+        **last_only,
+    )
+    return _PromptPass(out, cache_mask)
+
+
+def _is_causal_lm(module: torch.nn.Module) -> bool:
+    return hasattr(module, "get_output_embeddings") and module.get_output_embeddings() is not None
 
 
 def _main_output(out: Any, is_lm: bool) -> torch.Tensor:

@@ -5,6 +5,8 @@ Per micro-batch: the policy forward (``rl.forward``), entropy-shaped advantages 
 the registered policy loss with TIS weights, a KL penalty to a frozen reference, entropy
 regularisation and, for GAE, the clipped value loss. Micro-batches add up to the minibatch's
 aggregate exactly: weighted by tokens for ``token-mean``, by rows for the sequence modes.
+The start every prompt of the step shares runs once before them (``rl.forward.SharedPrefix``)
+and takes their summed gradient in one backward after them.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from calmrl.rl import advantages as adv
 from calmrl.rl import losses
 from calmrl.rl.batch import Batch
 from calmrl.rl.distributed import World
-from calmrl.rl.forward import ResponseForward, response_logprobs
+from calmrl.rl.forward import ResponseForward, SharedPrefix, response_logprobs, shared_prefix
 from calmrl.rl.reductions import aggregate, masked_mean
 from calmrl.rl.sharding import Sharding
 from calmrl.rl.value_head import ValueHead
@@ -128,13 +130,16 @@ class PolicyUpdate:
             for i in range(0, len(index), algo.micro_batch_size)
         ]
         count = len(micros)
+        prefix = self._shared_prefix(self.model, batch.rollouts.select(index))
+        with torch.no_grad():
+            reference_prefix = self._shared_prefix(self.reference, batch.rollouts.select(index))
         if self.sharding.enabled:  # sharded forwards are collectives: every rank runs as many
             count = int(self.world.all_max(torch.tensor(float(count))))
         for i in range(count):
             # A rank out of rows runs its first row with weight 0 (FSDP2's lock step).
             micro, weight = (micros[i], 1.0) if i < len(micros) else (torch.zeros(1).long(), 0.0)
             self.sharding.sync_gradients(i == count - 1)
-            loss, metrics = self._micro_loss(batch, micro, generator)
+            loss, metrics = self._micro_loss(batch, micro, generator, prefix, reference_prefix)
             tokens = float(mask[micro].sum())
             share = tokens / total_tokens if algo.agg == "token-mean" else len(micro) / total_rows
             share *= weight
@@ -144,6 +149,8 @@ class PolicyUpdate:
             (loss * share * self.sharding.loss_scale).backward()
             for key, value in metrics.items():
                 sums[key] = sums.get(key, 0.0) + float(value) * share
+        if prefix is not None:  # the micro-batches' gradients of the prefix, in one backward
+            prefix.backward()
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
         if self.world.all_max(torch.tensor(float(not finite))).item() != 0.0:
             return {"nonfinite": 1.0}
@@ -173,8 +180,23 @@ class PolicyUpdate:
             g.copy_(flat[offset : offset + g.numel()].view_as(g))
             offset += g.numel()
 
+    def _shared_prefix(
+        self, model: PreTrainedModel | None, rollouts: Rollouts
+    ) -> SharedPrefix | None:
+        """The prompts' common start, run once for all micro-batches of a step; not under
+        FSDP2, whose last micro-batch backward already reduce-scatters the gradients."""
+        if model is None or not self.settings.share_prompt_forward or self.sharding.enabled:
+            return None
+        with self.autocast():
+            return shared_prefix(model, rollouts)
+
     def _micro_loss(
-        self, batch: Batch, micro: torch.Tensor, generator: torch.Generator
+        self,
+        batch: Batch,
+        micro: torch.Tensor,
+        generator: torch.Generator,
+        prefix: SharedPrefix | None = None,
+        reference_prefix: SharedPrefix | None = None,
     ) -> tuple[torch.Tensor, dict[str, Any]]:
         algo = self.settings
         rollouts = batch.rollouts.select(micro)
@@ -184,6 +206,7 @@ class PolicyUpdate:
                 self.model,
                 rollouts,
                 share_prompts=algo.share_prompt_forward,
+                prefix=prefix,
                 value_head=self.value_head,
             )
         logprobs, entropy = forward.logprobs, forward.entropy
@@ -212,7 +235,10 @@ class PolicyUpdate:
         if self.reference is not None:
             with torch.no_grad(), self.autocast():
                 reference = response_logprobs(
-                    self.reference, rollouts, share_prompts=algo.share_prompt_forward
+                    self.reference,
+                    rollouts,
+                    share_prompts=algo.share_prompt_forward,
+                    prefix=reference_prefix,
                 )
             kl = aggregate(
                 losses.kl_penalty(logprobs, reference.logprobs, algo.kl_kind), mask, algo.agg
@@ -244,12 +270,14 @@ class PolicyUpdate:
             empty = torch.zeros_like(rollouts.logprobs)
             return ResponseForward(empty, empty, empty if self.value_head is not None else None)
         size = self.settings.micro_batch_size
+        prefix = self._shared_prefix(self.model, rollouts)
         with self.autocast(), self.sharding.gathered():
             chunks = [
                 response_logprobs(
                     self.model,
                     rollouts.select(torch.arange(i, min(i + size, len(rollouts)))),
                     share_prompts=self.settings.share_prompt_forward,
+                    prefix=prefix,
                     value_head=self.value_head,
                 )
                 for i in range(0, len(rollouts), size)
