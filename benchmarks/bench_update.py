@@ -12,7 +12,7 @@ three ways, interleaved (``--repeats`` rounds, medians):
   (``share_prefix=False``);
 - ``prefix`` (the default): as ``group``, and the start all the step's prompts share (the
   system prompt, few-shot turns) runs once per step (``rl.forward.shared_prefix``), one
-  forward and one backward for all micro-batches.
+  forward without a graph, then one with its backward, for all micro-batches.
 
 Prints the prompt tokens each way runs per step, the wall times and the ratios, with the
 machine. Results: docs/benchmarks.md section 1.
@@ -65,7 +65,8 @@ def prompt_tokens(micros: list[Rollouts], way: str) -> int:
     shared = (
         shared_prefix_length([row for rows in groups for row in rows]) if way == "prefix" else 0
     )
-    return shared + sum(len(rows) * (max(map(len, rows)) - shared) for rows in groups)
+    # The prefix runs twice: once for its keys and values, once more for its backward.
+    return 2 * shared + sum(len(rows) * (max(map(len, rows)) - shared) for rows in groups)
 
 
 def main() -> None:

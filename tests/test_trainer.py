@@ -378,6 +378,35 @@ def test_the_prompts_shared_start_runs_once_for_all_micro_batches():
     assert embedded == want
 
 
+def test_the_prefix_backward_recomputes_its_keys_and_values_with_the_same_dropout():
+    model, tokenizer = tiny_model(seed=9)
+    for layer in model.model.layers:
+        layer.self_attn.attention_dropout = 0.5  # dropout must draw the same masks again
+    rollouts = generate(model, tokenizer, _SHARED_PREFIX, ConstantSchedule(1.0), n=2,
+                        max_new_tokens=3, seed=1)  # fmt: skip
+    model.train()
+    prefix = shared_prefix(model, rollouts)
+    for keys, values in prefix.leaves:
+        keys.grad, values.grad = torch.ones_like(keys), torch.ones_like(values)
+    prefix.backward()
+    got = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+
+    def grads_from(rng_state):
+        model.zero_grad()
+        torch.set_rng_state(rng_state)
+        out = model.model(input_ids=torch.tensor([prefix.ids]), use_cache=True)
+        attached = [t for layer in out.past_key_values.layers for t in (layer.keys, layer.values)]
+        torch.autograd.backward(attached, [torch.ones_like(t) for t in attached])
+        return {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+
+    want = grads_from(prefix.rng_state)
+    assert got.keys() == want.keys()
+    for key in got:
+        torch.testing.assert_close(got[key], want[key], atol=0, rtol=0, msg=key)
+    other = grads_from(torch.manual_seed(123).get_state())
+    assert any(not torch.equal(other[k], want[k]) for k in want), "dropout is active"
+
+
 def test_an_rl_step_with_the_prompts_shared_start_equals_one_without(tmp_path):
     grads = []
     for share in (True, False):

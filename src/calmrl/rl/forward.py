@@ -171,17 +171,21 @@ class SharedPrefix:
     """The tokens every prompt of a batch starts with (a system prompt, few-shot turns: 149 of
     the demo's 180), run through the model once for all of the batch's micro-batches.
 
-    Each micro-batch attends to ``leaves``, detached copies of the prefix's keys and values
-    that every backward accumulates its gradient into; ``backward`` then runs the prefix's
-    own backward once with the sum. So the prefix costs one forward and one backward per
-    optimizer step however many micro-batches and groups share it, and the gradients equal
-    those of running it in every row.
+    Each micro-batch attends to ``leaves``, the prefix's keys and values computed without a
+    graph, and every backward accumulates its gradient into them; ``backward`` then runs the
+    prefix again with a graph and back-propagates the sum once. So the prefix costs two
+    forwards and one backward per optimizer step however many micro-batches and groups share
+    it, holds no activations between them (recomputation, as in activation checkpointing;
+    the keys and values come out the same, the weights have not moved), and the gradients
+    equal those of running it in every row.
     """
 
     ids: list[int]
     leaves: list[tuple[torch.Tensor, torch.Tensor]]  # per layer: [1, kv heads, S, head dim]
-    graph: list[tuple[torch.Tensor, torch.Tensor]]  # the same, attached to the model
+    module: torch.nn.Module
     config: Any
+    autocast: torch.dtype | None  # what the keys and values were computed under
+    rng_state: torch.Tensor  # and the random state (dropout draws the same masks again)
 
     def cache(self, rows: int) -> DynamicCache:
         """A cache holding the prefix for ``rows`` rows, to continue with their suffixes."""
@@ -198,25 +202,31 @@ class SharedPrefix:
 
     def backward(self) -> None:
         """The prefix's backward with the gradient the micro-batches left in the leaves."""
-        pairs = [
-            (attached, leaf.grad)
-            for attached_kv, leaf_kv in zip(self.graph, self.leaves, strict=True)
-            for attached, leaf in zip(attached_kv, leaf_kv, strict=True)
-            if leaf.grad is not None and attached.requires_grad
-        ]
-        if pairs:
-            torch.autograd.backward([a for a, _ in pairs], [g for _, g in pairs])
+        grads = [leaf.grad for kv in self.leaves for leaf in kv]
+        if all(grad is None for grad in grads):
+            return
+        device = self.leaves[0][0].device
+        autocast = (
+            torch.autocast(device.type, dtype=self.autocast)
+            if self.autocast is not None
+            else contextlib.nullcontext()
+        )
+        devices = [device] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices), torch.enable_grad(), autocast:
+            _set_rng_state(device, self.rng_state)
+            attached = [t for kv in _keys_values(self.module, self.ids, device) for t in kv]
+        pairs = [(a, g) for a, g in zip(attached, grads, strict=True) if g is not None]
+        torch.autograd.backward([a for a, _ in pairs], [g for _, g in pairs])
 
 
 def shared_prefix(model: PreTrainedModel, rollouts: Rollouts) -> SharedPrefix | None:
-    """Run the prefix every prompt of ``rollouts`` starts with once, on one row; None where
-    there is none, or the model's cache is not plain per-layer keys and values (sliding-window
-    layers keep only their window) or checkpointing disables the cache."""
+    """Run the prefix every prompt of ``rollouts`` starts with once, on one row, under the
+    caller's autocast; None where there is none, or the model's cache is not plain per-layer
+    keys and values (sliding-window layers keep only their window) or checkpointing disables
+    the cache. Its leaves take gradients where grad mode is on and the model trains."""
     layers = DynamicCache(config=model.config).layers
     if is_checkpointing(model) or any(type(layer) is not DynamicLayer for layer in layers):
         return None
-    module = decoder_and_head(model)
-    module = model if module is None else module[0]
     rows = {
         tuple(ids[keep].tolist())
         for ids, keep in zip(rollouts.prompt_ids, rollouts.prompt_mask.bool(), strict=True)
@@ -224,13 +234,38 @@ def shared_prefix(model: PreTrainedModel, rollouts: Rollouts) -> SharedPrefix | 
     length = shared_prefix_length([list(row) for row in sorted(rows)])
     if length < 1:  # none shared, or a placeholder row with no prompt
         return None
-    ids = list(next(iter(rows))[:length])
-    device = rollouts.prompt_ids.device
+    projection = decoder_and_head(model)
+    module = model if projection is None else projection[0]
+    ids, device = list(next(iter(rows))[:length]), rollouts.prompt_ids.device
+    trains = torch.is_grad_enabled() and any(p.requires_grad for p in model.parameters())
+    rng_state = _rng_state(device)
+    with torch.no_grad():
+        leaves = [
+            tuple(t.requires_grad_(trains) for t in kv) for kv in _keys_values(module, ids, device)
+        ]
+    autocast = (
+        torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
+    )
+    return SharedPrefix(ids, leaves, module, model.config, autocast, rng_state)
+
+
+def _rng_state(device: torch.device) -> torch.Tensor:
+    return torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
+
+
+def _set_rng_state(device: torch.device, state: torch.Tensor) -> None:
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state, device)
+    else:
+        torch.set_rng_state(state)
+
+
+def _keys_values(
+    module: torch.nn.Module, ids: list[int], device: torch.device
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     last_only = {"logits_to_keep": 1} if _is_causal_lm(module) else {}
     out = module(input_ids=torch.tensor([ids], device=device), use_cache=True, **last_only)
-    graph = [(layer.keys, layer.values) for layer in output_cache(out).layers]
-    leaves = [tuple(t.detach().requires_grad_(t.requires_grad) for t in kv) for kv in graph]
-    return SharedPrefix(ids, leaves, graph, model.config)
+    return [(layer.keys, layer.values) for layer in output_cache(out).layers]
 
 
 class _PromptPass(NamedTuple):
