@@ -407,11 +407,12 @@ def test_the_prefix_backward_recomputes_its_keys_and_values_with_the_same_dropou
     assert any(not torch.equal(other[k], want[k]) for k in want), "dropout is active"
 
 
-def test_an_rl_step_with_the_prompts_shared_start_equals_one_without(tmp_path):
-    grads = []
+@pytest.mark.parametrize("extra", [[], ["algorithm.kl_coef=0.5"], ["algorithm.advantage=gae"]])
+def test_an_rl_step_with_the_prompts_shared_start_equals_one_without(tmp_path, extra):
+    grads, logged = [], []
     for share in (True, False):
         cfg = make_config(tmp_path / str(share), f"algorithm.share_prompt_forward={share}",
-                          "algorithm.micro_batch_size=3")  # fmt: skip
+                          "algorithm.micro_batch_size=3", *extra)  # fmt: skip
         model, tokenizer = tiny_model(seed=3)
         trainer = Trainer(cfg, model=model, tokenizer=tokenizer)
         trainer.reward_fn = half_rewarded
@@ -423,8 +424,12 @@ def test_an_rl_step_with_the_prompts_shared_start_equals_one_without(tmp_path):
             metrics = trainer.train_step()
         assert not metrics.get("skipped_no_signal") and metrics["grad_norm"] > 0
         assert any(p is not None for p in prefixes) == share  # the chat template's start
+        logged.append({k: v for k, v in metrics.items() if k.startswith(("actor/", "critic/"))})
         # Adam's first step is ~lr * sign(g): compare the gradients, not the weights.
         grads.append({k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None})
+    assert logged[0].keys() == logged[1].keys()
+    for key in logged[0]:  # the KL to the reference and the value loss too
+        assert logged[0][key] == pytest.approx(logged[1][key], rel=1e-4, abs=1e-6), key
     assert grads[0].keys() == grads[1].keys()
     for key in grads[0]:
         scale = max(1.0, float(grads[0][key].abs().max()))

@@ -130,9 +130,10 @@ class PolicyUpdate:
             for i in range(0, len(index), algo.micro_batch_size)
         ]
         count = len(micros)
-        prefix = self._shared_prefix(self.model, batch.rollouts.select(index))
+        step_rows = batch.rollouts.select(index)
+        prefix = self._shared_prefix(self.model, step_rows)
         with torch.no_grad():
-            reference_prefix = self._shared_prefix(self.reference, batch.rollouts.select(index))
+            reference_prefix = self._shared_prefix(self.reference, step_rows)
         if self.sharding.enabled:  # sharded forwards are collectives: every rank runs as many
             count = int(self.world.all_max(torch.tensor(float(count))))
         for i in range(count):
