@@ -21,9 +21,11 @@ machine. Results: docs/benchmarks.md section 1.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 
 import torch
 
@@ -69,6 +71,26 @@ def prompt_tokens(micros: list[Rollouts], way: str) -> int:
     return 2 * shared + sum(len(rows) * (max(map(len, rows)) - shared) for rows in groups)
 
 
+def update_step(
+    model: torch.nn.Module,
+    rollouts: Rollouts,
+    micros: list[Rollouts],
+    autocast: Callable[[], contextlib.AbstractContextManager],
+    share_prompts: bool,
+    share_prefix: bool,
+) -> None:
+    """The update's forward + backward over every micro-batch of a step (no optimizer step)."""
+    with autocast():
+        prefix = shared_prefix(model, rollouts) if share_prefix else None
+    for micro in micros:
+        with autocast():
+            out = response_logprobs(model, micro, share_prompts=share_prompts, prefix=prefix)
+        ((out.logprobs + out.entropy) * micro.response_mask).sum().backward()
+    if prefix is not None:
+        prefix.backward()
+    model.zero_grad(set_to_none=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", default="configs/demo.yaml")
@@ -89,19 +111,15 @@ def main() -> None:
     micros = micro_batches(rollouts, size)
     model = trainer.model.train()
 
-    def step(share_prompts: bool, share_prefix: bool) -> None:
-        with trainer._autocast():
-            prefix = shared_prefix(model, rollouts) if share_prefix else None
-        for micro in micros:
-            with trainer._autocast():
-                out = response_logprobs(model, micro, share_prompts=share_prompts, prefix=prefix)
-            ((out.logprobs + out.entropy) * micro.response_mask).sum().backward()
-        if prefix is not None:
-            prefix.backward()
-        model.zero_grad(set_to_none=True)
-
     times, _, peaks = alternate(
-        {way: (lambda shares=shares: step(*shares)) for way, shares in ways.items()},
+        {
+            way: (
+                lambda shares=shares: update_step(
+                    model, rollouts, micros, trainer._autocast, *shares
+                )
+            )
+            for way, shares in ways.items()
+        },
         args.repeats,
     )
     response_tokens = int(rollouts.response_mask.sum())
