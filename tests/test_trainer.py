@@ -7,6 +7,7 @@ import sys
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from calmrl.config import load_config
 from calmrl.models import tiny_model
@@ -602,6 +603,39 @@ def test_bf16_autocast_computes_in_bf16_and_keeps_fp32_weights(tmp_path):
     # bf16 rounding: the engine's and the recomputed pi_old agree only to bf16 precision.
     assert metrics["old_logprob_abs_diff_max"] < 0.25
     assert any(not torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+class _CastCounter(TorchDispatchMode):
+    """Counts the casts of one tensor to bf16."""
+
+    def __init__(self, tensor):
+        super().__init__()
+        self.pointer, self.casts = tensor.data_ptr(), 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.ops.aten._to_copy.default and kwargs.get("dtype") == torch.bfloat16:
+            self.casts += int(args[0].data_ptr() == self.pointer)
+        return func(*args, **kwargs)
+
+
+def test_the_update_casts_each_weight_to_bf16_once_per_optimizer_step(tmp_path):
+    cfg = make_config(tmp_path, "model.autocast=bfloat16", "train.steps=1",
+                      "algorithm.micro_batch_size=3")  # fmt: skip
+    model, tokenizer = tiny_model(seed=7)
+    trainer = Trainer(cfg, model=model, tokenizer=tokenizer)
+    trainer.reward_fn = half_rewarded
+    update, counters = trainer.update, []
+
+    def counted_update(batch, *, seed):
+        with _CastCounter(model.model.layers[0].mlp.up_proj.weight) as counter:
+            counters.append(counter)
+            return update(batch, seed=seed)
+
+    trainer.update = counted_update
+    metrics = trainer.train_step()
+    assert metrics["rows_trained"] > 3  # several micro-batches, the prompts' shared start, ...
+    assert [c.casts for c in counters] == [1]  # ... and one cast of the weight for all of them
 
 
 def starts_with_one(response: str, gold: str) -> float:

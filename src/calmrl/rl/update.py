@@ -130,28 +130,38 @@ class PolicyUpdate:
             for i in range(0, len(index), algo.micro_batch_size)
         ]
         count = len(micros)
-        step_rows = batch.rollouts.select(index)
-        prefix = self._shared_prefix(self.model, step_rows)
-        with torch.no_grad():
-            reference_prefix = self._shared_prefix(self.reference, step_rows)
         if self.sharding.enabled:  # sharded forwards are collectives: every rank runs as many
             count = int(self.world.all_max(torch.tensor(float(count))))
-        for i in range(count):
-            # A rank out of rows runs its first row with weight 0 (FSDP2's lock step).
-            micro, weight = (micros[i], 1.0) if i < len(micros) else (torch.zeros(1).long(), 0.0)
-            self.sharding.sync_gradients(i == count - 1)
-            loss, metrics = self._micro_loss(batch, micro, generator, prefix, reference_prefix)
-            tokens = float(mask[micro].sum())
-            share = tokens / total_tokens if algo.agg == "token-mean" else len(micro) / total_rows
-            share *= weight
-            # A non-finite loss still runs its backward, so every rank joins the same
-            # collectives; the step is then skipped on every rank.
-            finite = finite and bool(torch.isfinite(loss))
-            (loss * share * self.sharding.loss_scale).backward()
-            for key, value in metrics.items():
-                sums[key] = sums.get(key, 0.0) + float(value) * share
-        if prefix is not None:  # the micro-batches' gradients of the prefix, in one backward
-            prefix.backward()
+        # Autocast keeps its casts of the weights (to bf16) while any autocast region is open:
+        # a disabled one around the step keeps them from one forward to the next, so each
+        # weight is cast once per step, and the losses and backwards still run outside
+        # autocast (the numbers are bitwise those of separate regions). Not under FSDP2: the
+        # cache would hold unsharded copies of the weights.
+        with self._cast_once():
+            step_rows = batch.rollouts.select(index)
+            prefix = self._shared_prefix(self.model, step_rows)
+            with torch.no_grad():
+                reference_prefix = self._shared_prefix(self.reference, step_rows)
+            for i in range(count):
+                # A rank out of rows runs its first row with weight 0 (FSDP2's lock step).
+                micro, weight = (
+                    (micros[i], 1.0) if i < len(micros) else (torch.zeros(1).long(), 0.0)
+                )
+                self.sharding.sync_gradients(i == count - 1)
+                loss, metrics = self._micro_loss(batch, micro, generator, prefix, reference_prefix)
+                tokens = float(mask[micro].sum())
+                share = (
+                    tokens / total_tokens if algo.agg == "token-mean" else len(micro) / total_rows
+                )
+                share *= weight
+                # A non-finite loss still runs its backward, so every rank joins the same
+                # collectives; the step is then skipped on every rank.
+                finite = finite and bool(torch.isfinite(loss))
+                (loss * share * self.sharding.loss_scale).backward()
+                for key, value in metrics.items():
+                    sums[key] = sums.get(key, 0.0) + float(value) * share
+            if prefix is not None:  # the micro-batches' gradients of the prefix, in one backward
+                prefix.backward()
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
         if self.world.all_max(torch.tensor(float(not finite))).item() != 0.0:
             return {"nonfinite": 1.0}
@@ -180,6 +190,11 @@ class PolicyUpdate:
         for g in grads:
             g.copy_(flat[offset : offset + g.numel()].view_as(g))
             offset += g.numel()
+
+    def _cast_once(self) -> contextlib.AbstractContextManager:
+        if self.sharding.enabled:
+            return contextlib.nullcontext()
+        return torch.autocast(next(self.model.parameters()).device.type, enabled=False)
 
     def _shared_prefix(
         self, model: PreTrainedModel | None, rollouts: Rollouts
