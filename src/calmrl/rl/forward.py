@@ -227,16 +227,13 @@ def shared_prefix(model: PreTrainedModel, rollouts: Rollouts) -> SharedPrefix | 
     layers = DynamicCache(config=model.config).layers
     if is_checkpointing(model) or any(type(layer) is not DynamicLayer for layer in layers):
         return None
-    rows = {
-        tuple(ids[keep].tolist())
-        for ids, keep in zip(rollouts.prompt_ids, rollouts.prompt_mask.bool(), strict=True)
-    }
-    length = shared_prefix_length([list(row) for row in sorted(rows)])
+    rows = _tokens(rollouts.prompt_ids, rollouts.prompt_mask)
+    length = shared_prefix_length(rows)
     if length < 1:  # none shared, or a placeholder row with no prompt
         return None
     projection = decoder_and_head(model)
     module = model if projection is None else projection[0]
-    ids, device = list(next(iter(rows))[:length]), rollouts.prompt_ids.device
+    ids, device = rows[0][:length], rollouts.prompt_ids.device
     trains = torch.is_grad_enabled() and any(p.requires_grad for p in model.parameters())
     rng_state = _rng_state(device)
     with torch.no_grad():
@@ -288,7 +285,7 @@ def _prompt_pass(
     padded prompts.
     """
     last_only = {"logits_to_keep": 1} if _is_causal_lm(module) else {}
-    rows = [row[keep].tolist() for row, keep in zip(ids, mask.bool(), strict=True)]
+    rows = _tokens(ids, mask)
     if prefix is None or not all(prefix.starts(row) for row in rows):
         out = module(
             input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **last_only
@@ -308,6 +305,11 @@ def _prompt_pass(
         **last_only,
     )
     return _PromptPass(out, cache_mask)
+
+
+def _tokens(ids: torch.Tensor, mask: torch.Tensor) -> list[list[int]]:
+    """Each row's tokens, without its padding."""
+    return [row[keep].tolist() for row, keep in zip(ids, mask.bool(), strict=True)]
 
 
 def _is_causal_lm(module: torch.nn.Module) -> bool:
