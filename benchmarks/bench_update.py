@@ -8,14 +8,16 @@ precision: ``model.autocast: auto`` as ``calmrl demo`` runs), then times
 three ways, interleaved (``--repeats`` rounds, medians):
 
 - ``plain``: every row runs prompt + response (``share_prompts=False``);
-- ``group``: a group's prompt runs once, its KV cache indexed out to the G rows
-  (``share_prefix=False``);
+- ``group``: a group's prompt runs once, its KV cache indexed out to the G rows (no
+  ``prefix``);
 - ``prefix`` (the default): as ``group``, and the start all the step's prompts share (the
   system prompt, few-shot turns) runs once per step (``rl.forward.shared_prefix``), one
   forward without a graph, then one with its backward, for all micro-batches.
 
-Prints the prompt tokens each way runs per step, the wall times and the ratios, with the
-machine. Results: docs/benchmarks.md section 1.
+Each micro-batch's forward casts the weights to bf16 itself (``PolicyUpdate`` casts them once
+per step), so the times isolate what the prompt sharing buys. Prints the prompt tokens each
+way runs per step, the wall times and the ratios, with the machine. Results:
+docs/benchmarks.md section 1.
 """
 
 from __future__ import annotations
