@@ -1,4 +1,4 @@
-"""The packed bf16 decode attention (``calmrl.models.attention``) and the autocast-dtype KV
+"""The packed decode attention (``calmrl.models.attention``) and the autocast-dtype KV
 cache: the same attention as transformers' SDPA path, routed only where it applies, and the
 registry left as it was."""
 
@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from calmrl.models.attention import bf16_decode_attention, packed_decode_attention
+from calmrl.models.attention import packed_decode_attention, route_decode_attention
 from calmrl.models.compat import cache_kwargs
 from calmrl.sampling import generate
 from calmrl.sampling.kv_cache import preallocated_cache
@@ -47,14 +47,14 @@ class _Module(torch.nn.Module):
     num_key_value_groups = 3
 
 
-def test_the_registry_routes_only_bf16_single_query_calls_and_is_restored():
+def test_the_registry_routes_only_single_query_calls_and_is_restored():
     original = ALL_ATTENTION_FUNCTIONS["sdpa"]
     calls = []
     module = _Module()
-    with bf16_decode_attention():
+    with route_decode_attention():
         routed = ALL_ATTENTION_FUNCTIONS["sdpa"]
         assert routed is not original
-        with bf16_decode_attention():  # nested: nothing changes
+        with route_decode_attention():  # nested: nothing changes
             assert ALL_ATTENTION_FUNCTIONS["sdpa"] is routed
         query, key = torch.randn(2, 6, 1, 8), torch.randn(2, 2, 5, 8)
         import calmrl.models.attention as attention
@@ -62,15 +62,20 @@ def test_the_registry_routes_only_bf16_single_query_calls_and_is_restored():
         real = attention.packed_decode_attention
         attention.packed_decode_attention = lambda *a: calls.append(a) or real(*a)
         try:
-            routed(module, query, key, key, None)  # fp32: transformers' path
-            assert not calls
+            out, _ = routed(module, query, key, key, None)  # fp32, no mask
+            assert len(calls) == 1 and out.shape == (2, 1, 6, 8)
             routed(module, query.bfloat16(), key.bfloat16(), key.bfloat16(), None)
-            assert len(calls) == 1
-            # Soft-capped scores and multi-query prefill calls are left to transformers.
-            assert not attention._packable(module, query.bfloat16(), key.bfloat16(), None, 0.0,
-                                           {"softcap": 30.0})  # fmt: skip
-            wide = torch.randn(2, 6, 3, 8).bfloat16()
-            assert not attention._packable(module, wide, key.bfloat16(), None, 0.0, {})
+            shared = torch.ones(2, 1, 1, 5, dtype=torch.bool)
+            routed(module, query, key, key, shared)
+            assert len(calls) == 3
+            # Per-head masks, soft-capped scores and multi-query prefill calls are left to
+            # transformers.
+            per_head = torch.ones(2, 6, 1, 5, dtype=torch.bool)
+            assert not attention._packable(module, query, key, per_head, 0.0, {})
+            assert not attention._packable(module, query, key, None, 0.0, {"softcap": 30.0})
+            wide = torch.randn(2, 6, 3, 8)
+            assert not attention._packable(module, wide, key, None, 0.0, {})
+            assert not attention._packable(module, query, key, None, 0.1, {})
         finally:
             attention.packed_decode_attention = real
     assert ALL_ATTENTION_FUNCTIONS["sdpa"] is original

@@ -82,6 +82,28 @@ def test_recorded_logprobs_match_full_forward_with_a_shared_prefix(arch):
         torch.testing.assert_close(got[on], value[on].float(), atol=1e-4, rtol=0, msg=field)
 
 
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_recorded_logprobs_match_full_forward_without_padding(arch, monkeypatch):
+    """One prompt's n rows need no padding mask: transformers drops it, and the decode steps
+    take the packed attention (``models.attention``) in fp32 too."""
+    import calmrl.models.attention as attention
+
+    calls = []
+    real = attention.packed_decode_attention
+    monkeypatch.setattr(
+        attention, "packed_decode_attention", lambda *a: calls.append(a) or real(*a)
+    )
+    model, tokenizer = tiny_model(arch, seed=1)
+    schedule = ConstantSchedule(1.0)
+    rollouts = generate(model, tokenizer, ["7+8="], schedule, n=4, max_new_tokens=12, seed=0)
+    assert calls and all(query.shape[2] == 1 for query, *_ in calls)
+    expected = recompute(model, rollouts, schedule)
+    on = rollouts.response_mask.bool()
+    for field, value in expected.items():
+        got = getattr(rollouts, field)
+        torch.testing.assert_close(got[on], value[on].float(), atol=1e-4, rtol=0, msg=field)
+
+
 def test_eos_mid_batch_and_masks():
     model, tokenizer = tiny_model("llama", seed=1)
     eos = tokenizer.eos_token_id

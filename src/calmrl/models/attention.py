@@ -1,12 +1,16 @@
-"""Decode-step attention for bf16 on the CPU: grouped queries packed onto their key/value heads.
+"""Decode-step attention on the CPU: grouped queries packed onto their key/value heads.
 
-A decode step of a GQA model (SmolLM2: 9 query heads on 3 key/value heads) without a padding
-mask reaches ``scaled_dot_product_attention(..., enable_gqa=True)`` with one query per head.
-In bf16 on the CPU that kernel is ~6.7x slower than the same attention with each key/value
-head's query heads packed as its query rows (5.3 ms against 0.8 ms per call at 64 rows x 230
-keys here; equal in fp32): 60% of a bf16 rollout went there. ``bf16_decode_attention()``
-routes exactly that case, a single query position in bf16 on the CPU with a mask shared by all
-heads, to the packed form, and every other call to transformers' own SDPA function unchanged.
+A decode step of a GQA model (SmolLM2: 9 query heads on 3 key/value heads) reaches
+``scaled_dot_product_attention(..., enable_gqa=True)`` with one query per head whenever
+transformers drops the padding mask (every row as long as the others: one prompt's n samples,
+prompts of one length). On the CPU that kernel is slower than the same attention with each
+key/value head's query heads packed as its query rows: in bf16 ~6.7x (5.3 ms against 0.8 ms
+per call at 64 rows x 230 keys on an AMD EPYC, 60% of a bf16 rollout there), and on an Intel
+Xeon with AMX 1.3-3.0x in fp32 and 1.1-2.1x in bf16 (1 to 64 rows, 184 to 1000 keys, 2 to 7
+query heads per key/value head; docs/benchmarks.md section 1). With a mask, transformers packs
+the queries itself. ``route_decode_attention()`` routes a single query position on the CPU with
+a mask shared by all heads, or none, to the packed form, and every other call to transformers'
+own SDPA function unchanged.
 """
 
 from __future__ import annotations
@@ -43,7 +47,6 @@ def _packable(
     extras = any(kwargs.get(name) is not None for name in ("softcap", "s_aux", "position_bias"))
     return (
         query.device.type == "cpu"
-        and _compute_dtype(key) == torch.bfloat16
         and query.shape[2] == 1
         and groups > 1
         and query.shape[1] == key.shape[1] * groups
@@ -94,7 +97,7 @@ def _wrap(original: Callable[..., Any]) -> Callable[..., Any]:
 
 
 @contextlib.contextmanager
-def bf16_decode_attention() -> Iterator[None]:
+def route_decode_attention() -> Iterator[None]:
     """Within the block, models using ``sdpa`` attention take the packed decode path above
     (transformers' attention registry gets a local ``sdpa`` entry, restored on exit)."""
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS

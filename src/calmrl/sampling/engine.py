@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from calmrl.models.attention import bf16_decode_attention
+from calmrl.models.attention import route_decode_attention
 from calmrl.models.compat import (
     cache_kwargs,
     eos_token_ids,
@@ -134,7 +134,7 @@ def generate(
     prompts_per_batch = max(1, (batch_size or n * len(encoded)) // n)
     parts = []
     # Each routes nothing outside its case: bf16 on the CPU; fp32 on an AMD CPU with AVX-512.
-    with bf16_decode_attention(), use_linear_kernel(model, linear_kernel):
+    with route_decode_attention(), use_linear_kernel(model, linear_kernel):
         for start in range(0, len(encoded), prompts_per_batch):
             part = _generate_batch(
                 model,
