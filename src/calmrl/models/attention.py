@@ -6,7 +6,7 @@ transformers drops the padding mask (every row as long as the others: one prompt
 prompts of one length). On the CPU that kernel is slower than the same attention with each
 key/value head's query heads packed as its query rows: in bf16 ~6.7x (5.3 ms against 0.8 ms
 per call at 64 rows x 230 keys on an AMD EPYC, 60% of a bf16 rollout there), and on an Intel
-Xeon with AMX 1.3-3.0x in fp32 and 1.1-2.1x in bf16 (1 to 64 rows, 184 to 1000 keys, 2 to 7
+Xeon with AMX 1.3-3.0x in fp32 and 1.1-2.1x in bf16 (1 to 64 rows, 184 to 1000 keys, 3 to 7
 query heads per key/value head; docs/benchmarks.md section 1). With a mask, transformers packs
 the queries itself. ``route_decode_attention()`` routes a single query position on the CPU with
 a mask shared by all heads, or none, to the packed form, and every other call to transformers'
