@@ -103,7 +103,7 @@ def greedy_rollout(
 
 @contextlib.contextmanager
 def precision(dtype: str) -> Iterator[None]:
-    """The engine's settings: bf16 autocast with its packed decode attention, or plain fp32."""
+    """The engine's settings: its packed decode attention, under bf16 autocast or in fp32."""
     with torch.inference_mode(), route_decode_attention():
         if dtype == "bf16":
             with torch.autocast("cpu", dtype=torch.bfloat16):
