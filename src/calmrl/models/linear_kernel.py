@@ -6,8 +6,11 @@ cores. Measured on an AMD EPYC with AVX-512, 2 threads (docs/benchmarks.md secti
 2048^3 matmul 142 -> 212 GFLOP/s; SmolLM2's projections at 64 rows (a decode step) 1.1-1.5x
 faster, its 49152-wide output projection 2.0x. On Intel CPUs MKL already runs near the cores'
 peak, so ``auto`` keeps PyTorch's default there (and on AMD CPUs without AVX-512, where
-MKL's AMD path is not known to lose). Both compute in fp32 (no reduced-precision
-math): outputs of size ~1 agree with a float64 reference to a few 1e-6, as MKL's do.
+MKL's AMD path is not known to lose). MKL's packed GEMM, which packs a weight once instead of
+in every call, is 1.1x faster for a batch of fixed size but loses in rollouts, whose batch
+shrinks every few steps and needs a new pack each time (docs/benchmarks.md section 1). Both
+compute in fp32 (no reduced-precision math): outputs of size ~1 agree with a float64
+reference to a few 1e-6, as MKL's do.
 
 ``use_linear_kernel(model, "onednn")`` routes the forwards of the model's ``nn.Linear``
 modules to oneDNN while the block runs, for the calls the rollout engine makes (fp32 plain

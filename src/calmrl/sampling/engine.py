@@ -104,7 +104,7 @@ def generate(
     in length-sorted buckets of at most ``prefill_tokens`` padded tokens
     (``calmrl.sampling.prefill``): no compute on padding, memory bounded; with
     ``share_prefix`` the prefix all prompts start with (a system prompt) is computed once.
-    In bf16 on the CPU, decode-step attention packs grouped queries
+    On the CPU, decode-step attention packs grouped queries onto their key/value heads
     (``calmrl.models.attention``). fp32 linear
     layers run on ``linear_kernel`` (``calmrl.models.linear_kernel``; ``auto``: oneDNN on AMD
     CPUs with AVX-512, PyTorch's default elsewhere).
@@ -133,7 +133,7 @@ def generate(
     # Whole groups per batch, so each prompt is prefilled once and its cache shared by n rows.
     prompts_per_batch = max(1, (batch_size or n * len(encoded)) // n)
     parts = []
-    # Each routes nothing outside its case: bf16 on the CPU; fp32 on an AMD CPU with AVX-512.
+    # Each routes nothing outside its case: CPU decode steps; fp32 on an AMD CPU with AVX-512.
     with route_decode_attention(), use_linear_kernel(model, linear_kernel):
         for start in range(0, len(encoded), prompts_per_batch):
             part = _generate_batch(
