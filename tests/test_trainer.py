@@ -15,7 +15,7 @@ from calmrl.models.compat import is_checkpointing
 from calmrl.rewards import available_rewards, register_reward
 from calmrl.rl import checkpoint as checkpoint_module
 from calmrl.rl import update as update_module
-from calmrl.rl.forward import response_logprobs, shared_prefix
+from calmrl.rl.forward import _group_size, response_logprobs, shared_prefix
 from calmrl.rl.trainer import Trainer, TrainingAborted
 from calmrl.rl.value_head import ValueHead
 from calmrl.sampling import generate
@@ -294,7 +294,7 @@ _OWN_PROMPTS = ["ab", "a longer prompt", "xyz"]
 _SHARED_PREFIX = ["Q: a", "Q: a longer prompt", "Q: xyz"]
 
 
-def _update_forward(model, head, rollouts, way):
+def _update_forward(model, head, rollouts, way, micro_rows=([0, 1, 2, 3], [4, 5, 6])):
     """Values and gradients of one step over two micro-batches, the update's way: ``plain``
     (prompt in every row), ``group`` (a group's prompt once) or ``prefix`` (and the prompts'
     shared start once for both micro-batches)."""
@@ -302,7 +302,7 @@ def _update_forward(model, head, rollouts, way):
     head.zero_grad()
     prefix = shared_prefix(model, rollouts) if way == "prefix" else None
     outs = []
-    for rows in ([0, 1, 2, 3], [4, 5, 6]):
+    for rows in micro_rows:
         micro = rollouts.select(rows)
         out = response_logprobs(model, micro, share_prompts=way != "plain", prefix=prefix,
                                 value_head=head)  # fmt: skip
@@ -329,18 +329,24 @@ def _update_forward(model, head, rollouts, way):
         ("llama", 1, _SHARED_PREFIX),
     ],
 )
-def test_shared_prompt_forward_equals_plain_forward_values_and_grads(arch, max_new_tokens, prompts):
+@pytest.mark.parametrize("layout", ["uneven groups", "whole groups"])
+def test_shared_prompt_forward_equals_plain_forward_values_and_grads(
+    arch, max_new_tokens, prompts, layout
+):
     model, tokenizer = tiny_model(arch, seed=9)
     rollouts = generate(model, tokenizer, prompts, ConstantSchedule(1.0),
                         n=3, max_new_tokens=max_new_tokens, seed=1)  # fmt: skip
-    rollouts = rollouts.select([0, 1, 2, 4, 5, 6, 8])  # uneven groups, as after a shuffle
+    if layout == "uneven groups":  # as after a shuffle: indexed out to the rows
+        rollouts, micro_rows = rollouts.select([0, 1, 2, 4, 5, 6, 8]), ([0, 1, 2, 3], [4, 5, 6])
+    else:  # G adjacent rows a group, as rollouts come: repeat_interleave
+        micro_rows = ([0, 1, 2, 3, 4, 5], [6, 7, 8])
     head = ValueHead.for_model(model)
     torch.nn.init.normal_(head.linear.weight, std=0.3, generator=torch.Generator().manual_seed(0))
-    (lp_a, h_a, v_a), g_a, _ = _update_forward(model, head, rollouts, "plain")
+    (lp_a, h_a, v_a), g_a, _ = _update_forward(model, head, rollouts, "plain", micro_rows)
     assert v_a.abs().max() > 0.01, "a non-trivial value head"
     assert "value_head.linear.weight" in g_a
     for way in ("group", "prefix"):
-        (lp_b, h_b, v_b), g_b, prefix = _update_forward(model, head, rollouts, way)
+        (lp_b, h_b, v_b), g_b, prefix = _update_forward(model, head, rollouts, way, micro_rows)
         if way == "prefix":
             # Gemma 3's sliding-window layers keep their own cache: no shared prefix there.
             shares = prompts is _SHARED_PREFIX and arch != "gemma3"
@@ -353,6 +359,22 @@ def test_shared_prompt_forward_equals_plain_forward_values_and_grads(arch, max_n
             # fp32 sums in a different order: errors relative to the gradient's scale.
             scale = max(1.0, float(g_a[key].abs().max()))
             torch.testing.assert_close(g_a[key], g_b[key], atol=1e-6 * scale, rtol=1e-4, msg=key)
+
+
+@pytest.mark.parametrize(
+    ("row_to_group", "groups", "expected"),
+    [
+        ([0, 0, 1, 1], 2, 2),
+        ([0, 0, 0], 1, 3),
+        ([0, 1, 2], 3, 1),
+        ([0, 0, 0, 1], 2, None),  # uneven
+        ([0, 1, 0, 1], 2, None),  # not adjacent
+        ([1, 1, 0, 0], 2, None),  # out of order
+        ([0, 0, 1, 1, 2], 3, None),
+    ],
+)
+def test_group_size_is_found_only_for_adjacent_equal_groups(row_to_group, groups, expected):
+    assert _group_size(torch.tensor(row_to_group), groups) == expected
 
 
 def test_the_prompts_shared_start_runs_once_for_all_micro_batches():

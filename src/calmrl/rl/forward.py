@@ -139,6 +139,13 @@ def _response_outputs(
         include_self=False,
     )
     width = prompt_mask.shape[1]
+    repeats = _group_size(row_to_group, len(groups))
+
+    def to_rows(per_group: torch.Tensor) -> torch.Tensor:
+        if repeats is None:
+            return per_group[row_to_group]
+        return per_group.repeat_interleave(repeats, dim=0)
+
     with _output_projection_inputs(module, capture) as captured:
         prompts = _prompt_pass(
             module,
@@ -147,14 +154,17 @@ def _response_outputs(
             positions[first_row, :width],
             prefix,
         )
-        outputs = _main_output(prompts.outputs, is_lm)[:, -1:][row_to_group]
+        outputs = to_rows(_main_output(prompts.outputs, is_lm)[:, -1:])
         if steps > 1:
             cache = output_cache(prompts.outputs)
-            cache.batch_select_indices(row_to_group.to(rollouts.prompt_ids.device))
+            if repeats is None:
+                cache.batch_select_indices(row_to_group.to(rollouts.prompt_ids.device))
+            else:
+                cache.batch_repeat_interleave(repeats)
             rest = module(
                 input_ids=rollouts.response_ids[:, :-1],
                 attention_mask=torch.cat(
-                    [prompts.cache_mask[row_to_group], rollouts.response_mask[:, :-1]], dim=1
+                    [to_rows(prompts.cache_mask), rollouts.response_mask[:, :-1]], dim=1
                 ),
                 position_ids=positions[:, width:-1],
                 **cache_kwargs(cache),
@@ -162,8 +172,21 @@ def _response_outputs(
             )
             outputs = torch.cat([outputs, _main_output(rest, is_lm)], dim=1)
     if captured:
-        hidden = torch.cat([captured[0][row_to_group], *captured[1:]], dim=1)
+        hidden = torch.cat([to_rows(captured[0]), *captured[1:]], dim=1)
     return outputs, hidden
+
+
+def _group_size(row_to_group: torch.Tensor, groups: int) -> int | None:
+    """G where the rows are ``groups`` runs of G adjacent rows each (how rollouts come), else
+    None. Spreading a group's prompt pass to its rows by ``repeat_interleave`` then has a
+    backward that sums blocks of rows, ~8x faster on the CPU than the accumulating scatter
+    that indexing's backward runs (the demo's keys and values: 3.9 vs 0.5 ms per layer and
+    micro-batch, fp32)."""
+    size = len(row_to_group) // groups
+    layout = torch.arange(groups, device=row_to_group.device).repeat_interleave(size)
+    return (
+        size if size * groups == len(row_to_group) and torch.equal(row_to_group, layout) else None
+    )
 
 
 @dataclass
