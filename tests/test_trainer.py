@@ -371,6 +371,7 @@ def test_shared_prompt_forward_equals_plain_forward_values_and_grads(
         ([0, 1, 0, 1], 2, None),  # not adjacent
         ([1, 1, 0, 0], 2, None),  # out of order
         ([0, 0, 1, 1, 2], 3, None),
+        ([], 0, None),
     ],
 )
 def test_group_size_is_found_only_for_adjacent_equal_groups(row_to_group, groups, expected):
