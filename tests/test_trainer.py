@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
+from transformers import DynamicCache
 
 from calmrl.config import load_config
 from calmrl.models import tiny_model
@@ -331,15 +332,24 @@ def _update_forward(model, head, rollouts, way, micro_rows=([0, 1, 2, 3], [4, 5,
 )
 @pytest.mark.parametrize("layout", ["uneven groups", "whole groups"])
 def test_shared_prompt_forward_equals_plain_forward_values_and_grads(
-    arch, max_new_tokens, prompts, layout
+    arch, max_new_tokens, prompts, layout, monkeypatch
 ):
     model, tokenizer = tiny_model(arch, seed=9)
     rollouts = generate(model, tokenizer, prompts, ConstantSchedule(1.0),
                         n=3, max_new_tokens=max_new_tokens, seed=1)  # fmt: skip
+    spreads = []  # how each micro-batch's prompt cache reached its rows
+    for way in ("batch_select_indices", "batch_repeat_interleave"):
+        real = getattr(DynamicCache, way)
+        monkeypatch.setattr(
+            DynamicCache, way,
+            lambda cache, arg, way=way, real=real: spreads.append(way) or real(cache, arg),
+        )  # fmt: skip
     if layout == "uneven groups":  # as after a shuffle: indexed out to the rows
         rollouts, micro_rows = rollouts.select([0, 1, 2, 4, 5, 6, 8]), ([0, 1, 2, 3], [4, 5, 6])
+        expected_spread = "batch_select_indices"
     else:  # G adjacent rows a group, as rollouts come: repeat_interleave
         micro_rows = ([0, 1, 2, 3, 4, 5], [6, 7, 8])
+        expected_spread = "batch_repeat_interleave"
     head = ValueHead.for_model(model)
     torch.nn.init.normal_(head.linear.weight, std=0.3, generator=torch.Generator().manual_seed(0))
     (lp_a, h_a, v_a), g_a, _ = _update_forward(model, head, rollouts, "plain", micro_rows)
@@ -351,6 +361,9 @@ def test_shared_prompt_forward_equals_plain_forward_values_and_grads(
             # Gemma 3's sliding-window layers keep their own cache: no shared prefix there.
             shares = prompts is _SHARED_PREFIX and arch != "gemma3"
             assert (prefix is not None) == shares
+        # One prompt cache per micro-batch (none when one token leaves nothing to continue).
+        assert spreads == ([expected_spread] * 2 if max_new_tokens > 1 else []), way
+        spreads.clear()
         torch.testing.assert_close(lp_a, lp_b, atol=1e-5, rtol=0)
         torch.testing.assert_close(h_a, h_b, atol=1e-5, rtol=0)
         torch.testing.assert_close(v_a, v_b, atol=1e-5, rtol=0)
